@@ -1,0 +1,5 @@
+import sys
+
+from archbench.cli import main
+
+sys.exit(main())

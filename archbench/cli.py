@@ -1,0 +1,264 @@
+"""The ``archbench`` command line.
+
+Model-taking commands share the spec flags (``--macro --mixer --ffn --depths --dims --heads
+--mlp-ratio --patch-size --img-size --in-chans --num-classes``), plus ``--spec FILE`` and
+``--set KEY=VALUE`` for any other spec field. Bad input is one line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """Bad input from the command line."""
+
+
+def _value(text: str) -> Any:
+    """A flag value: YAML scalars/lists (``0.1``, ``true``, ``[1, 3]``) and fractions (``1/12``)."""
+    if re.fullmatch(r"\s*\d+\s*/\s*\d+\s*", text):
+        num, den = (int(t) for t in text.split("/"))
+        if den == 0:
+            raise UsageError(f"bad fraction {text!r}")
+        return num / den
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _ints(flag: str) -> Callable[[str], tuple[int, ...]]:
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            vals = tuple(int(t) for t in re.split(r"[,\s]+", text.strip()) if t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes integers like 2,2,6,2, got {text!r}") from None
+        if not vals:
+            raise argparse.ArgumentTypeError(f"{flag} is empty")
+        return vals
+    return parse
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(_value(t)) for t in text.split(",") if t.strip())
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"--mlp-ratio takes numbers like 4 or 4,4,2,2, got {text!r}") from None
+
+
+def _img_size(text: str) -> int | tuple[int, int]:
+    m = re.fullmatch(r"(\d+)(?:[x,](\d+))?", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"--img-size takes N or HxW (e.g. 32 or 32x48), got {text!r}")
+    return int(m[1]) if m[2] is None else (int(m[1]), int(m[2]))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = _value(val)
+    return out
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (a zoo name, a spec file, or the spec flags)")
+    g.add_argument("--model", help="a published model from the zoo (see `archbench models`)")
+    g.add_argument("--spec", type=Path, help="a spec file (YAML or JSON) as printed by `archbench spec`")
+    g.add_argument("--macro", help="isotropic | pyramid | two-branch | two-stage (default: the mixer's home)")
+    g.add_argument("--mixer", type=_names, help="token mixer, or one per stage: msa, shift, outlook, cross-attn, dmixer, none")
+    g.add_argument("--ffn", type=_names, help="FFN, or one per stage: mlp, msffn")
+    g.add_argument("--depths", type=_ints("--depths"), help="blocks per stage, e.g. 2,2,6,2")
+    g.add_argument("--dims", type=_ints("--dims"), help="width per stage, e.g. 96,192,384,768")
+    g.add_argument("--heads", type=_ints("--heads"), help="attention heads per stage")
+    g.add_argument("--mlp-ratio", type=_floats, help="FFN expansion, one or per stage")
+    g.add_argument("--patch-size", type=int, help="stem stride (patch size)")
+    g.add_argument("--img-size", type=_img_size, help="N or HxW")
+    g.add_argument("--in-chans", type=int)
+    g.add_argument("--num-classes", type=int)
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other spec field, e.g. norm=batchnorm act=relu drop_path=0.1")
+    g.add_argument("--mixer-opt", action="append", metavar="KEY=VALUE", help="token-mixer option, e.g. ratio=1/24")
+    g.add_argument("--ffn-opt", action="append", metavar="KEY=VALUE", help="FFN option")
+    g.add_argument("--macro-opt", action="append", metavar="KEY=VALUE", help="macro option, e.g. downsample=conv")
+
+
+SHORTHAND_FLAGS = ("macro", "mixer", "ffn", "depths", "dims", "heads", "mlp_ratio", "patch_size",
+                   "img_size", "in_chans", "num_classes")
+
+
+def spec_from_args(args: argparse.Namespace):
+    """The spec the model flags ask for (validated; errors are ValueErrors)."""
+    from archbench.builder import make_spec
+    from archbench.spec import ArchSpec
+
+    shorthand = {k: getattr(args, k) for k in SHORTHAND_FLAGS if getattr(args, k) is not None}
+    fields = _pairs(args.set, "--set")
+    mixer_opts = _pairs(args.mixer_opt, "--mixer-opt")
+    ffn_opts = _pairs(args.ffn_opt, "--ffn-opt")
+    macro_opts = _pairs(args.macro_opt, "--macro-opt")
+    if args.spec is not None:
+        if shorthand or fields or mixer_opts or ffn_opts or macro_opts or args.model:
+            raise UsageError("--spec takes the whole spec from the file; give no other model flags")
+        try:
+            text = args.spec.read_text()
+        except OSError as e:
+            raise UsageError(f"cannot read spec file {str(args.spec)!r}: {e.strerror}") from None
+        data = yaml.safe_load(text)
+        return ArchSpec.from_dict(data)
+    if args.model:
+        from archbench.models import get_entry, override_spec
+
+        entry = get_entry(args.model)
+        if "macro" in shorthand:
+            raise UsageError(f"--macro cannot change {entry.name}'s macro-architecture ({entry.make().macro}); "
+                             "use the spec flags without --model for another macro")
+        changes = {**shorthand, **fields}
+        if macro_opts:
+            changes["options"] = {**entry.make().options.as_dict(), **macro_opts}
+        if mixer_opts:
+            changes["mixer_options"] = mixer_opts
+        if ffn_opts:
+            changes["ffn_options"] = ffn_opts
+        try:
+            return override_spec(entry.make(), **changes) if changes else entry.make()
+        except ValueError as e:
+            raise ValueError(f"{entry.name}: {e}") from None
+    if macro_opts:
+        fields["options"] = macro_opts
+    return make_spec(**shorthand, **fields,
+                     **({"mixer_options": mixer_opts} if mixer_opts else {}),
+                     **({"ffn_options": ffn_opts} if ffn_opts else {}))
+
+
+def _console():
+    from rich.console import Console
+    return Console()
+
+
+# commands ---------------------------------------------------------------------------------
+def cmd_spec(args) -> int:
+    spec = spec_from_args(args)
+    print(spec.to_json(indent=2) if args.json else spec.to_yaml(), end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_check(args) -> int:
+    import torch
+    from rich.table import Table
+
+    from archbench.builder import build_model
+
+    spec = spec_from_args(args)
+    torch.manual_seed(args.seed)
+    model = build_model(spec)
+    x = torch.randn(args.batch_size, spec.in_chans, *spec.img_size)
+    t0 = time.perf_counter()
+    out = model(x)
+    out.float().pow(2).mean().backward()
+    seconds = time.perf_counter() - t0
+    grads_finite = all(torch.isfinite(p.grad).all().item() for p in model.parameters() if p.grad is not None)
+    row = {
+        "macro": spec.macro, "mixers": sorted({s.mixer for s in spec.stages}),
+        "ffns": sorted({s.ffn for s in spec.stages}),
+        "params": sum(p.numel() for p in model.parameters()),
+        "input_shape": list(x.shape), "output_shape": list(out.shape),
+        "finite": bool(torch.isfinite(out).all().item()) and grads_finite,
+        "forward_backward_seconds": round(seconds, 4),
+    }
+    if args.json:
+        print(json.dumps(row))
+    else:
+        t = Table(title="archbench check: one forward + backward pass on random input", show_header=False)
+        for k, v in row.items():
+            t.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+        _console().print(t)
+    return 0 if row["finite"] else 1
+
+
+def cmd_models(args) -> int:
+    import torch
+    from rich.table import Table
+
+    from archbench.builder import build_model
+    from archbench.models import get_entry, list_models
+
+    rows = []
+    for name in list_models(args.pattern):
+        e = get_entry(name)
+        spec = e.make()
+        with torch.device("meta"):  # count parameters without allocating them
+            params = sum(p.numel() for p in build_model(spec).parameters())
+        rows.append({"name": name, "family": e.family, "params": params, "params_ref": e.params,
+                     "gmacs_ref": e.gmacs, "resolution": spec.img_size[0], "paper_top1": e.paper_top1,
+                     "aliases": list(e.aliases), "reference": e.reference})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    t = Table(title="archbench model zoo", caption="params: counted from our build (✓ = equals the reference "
+              "code exactly); GMACs: reference (fvcore, attention counted); top-1: ImageNet-1k as published")
+    for col in ("name", "family", "params", "GMACs", "res", "paper top-1", "reference"):
+        t.add_column(col, justify="right" if col in ("params", "GMACs", "res", "paper top-1") else "left")
+    for r in rows:
+        ok = "✓" if r["params"] == r["params_ref"] else f"✗ ref {r['params_ref']:,}"
+        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
+        t.add_row(name, r["family"], f"{r['params'] / 1e6:.2f}M {ok}", f"{r['gmacs_ref']:.3f}",
+                  str(r["resolution"]), "—" if r["paper_top1"] is None else f"{r['paper_top1']:.1f}",
+                  r["reference"])
+    _console().print(t)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="archbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("spec", help="print the resolved spec (YAML, or JSON with --json)")
+    add_model_args(s)
+    s.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    s.set_defaults(func=cmd_spec)
+
+    c = sub.add_parser("check", help="build the model, run one forward and backward pass, print its size")
+    add_model_args(c)
+    c.add_argument("--batch-size", type=int, default=2)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    c.set_defaults(func=cmd_check)
+
+    m = sub.add_parser("models", help="list the published models (the zoo)")
+    m.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'shiftvit_*'")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, yaml.YAMLError) as e:  # UsageError and spec validation errors
+        print(f"archbench {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("archbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Isotropic macro-architecture (ViT / DeiT)."""
+from __future__ import annotations
+
+import torch
+from timm.layers import trunc_normal_
+from torch import nn
+
+from archbench.layers.block import build_blocks, drop_path_rates, make_norm
+from archbench.layers.layout import Layout
+from archbench.macros.base import MacroModel, divisible, init_weights
+from archbench.registry import MACROS, MIXERS
+
+
+@MACROS.register("isotropic")
+class Isotropic(MacroModel):
+    """Patch embedding, optional class token and learned absolute position embedding, blocks
+    at one width on the token sequence (B, N, C), final norm, then the class token or the
+    average of the patch tokens into a linear head.
+
+    Stages here are runs of blocks at the same width (so mixers can differ along depth).
+    Grid mixers (shift, outlook, dmixer, cross-attn) leave the class token untouched, so a
+    class-token readout needs at least one ``msa`` stage; otherwise use ``pool='avg'``.
+    """
+
+    layout = Layout.TOKENS
+
+    @classmethod
+    def grids(cls, spec):
+        grid = divisible(spec.img_size, spec.stem.patch_size, "patch_size")
+        return [grid] * len(spec.stages)
+
+    @classmethod
+    def check(cls, spec) -> None:
+        dims = sorted({s.dim for s in spec.stages})
+        if len(dims) > 1:
+            raise ValueError(f"isotropic stages share one width, got dims {dims}; use the pyramid "
+                             "macro for changing widths")
+        if any(s.patch_size for s in spec.stages):
+            raise ValueError("stage patch_size is for two-branch branches; isotropic uses stem.patch_size")
+        if spec.pool == "token" and not any(MIXERS.get(s.mixer).reads_prefix for s in spec.stages):
+            mixers = sorted({s.mixer for s in spec.stages})
+            raise ValueError(f"pool='token' reads the class token, but mixer(s) {', '.join(mixers)} never "
+                             "update it (they mix the patch grid only); use pool='avg' or an msa stage")
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        dim = self.num_features = spec.stages[0].dim
+        self.grid = self.grids(spec)[0]
+        self.num_prefix = int(spec.class_token)
+        self.stem = self.make_stem(spec.stem, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if spec.class_token else None
+        n = self.num_prefix + self.grid[0] * self.grid[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, n, dim)) if spec.pos_embed else None
+        self.blocks = nn.ModuleList(
+            blk for st, dpr in zip(spec.stages, drop_path_rates(spec))
+            for blk in build_blocks(spec, st, layout=self.layout, grid=self.grid,
+                                    num_prefix=self.num_prefix, drop_paths=dpr))
+        self.norm = make_norm(spec.norm, dim, self.layout, spec.norm_eps)
+        self.head_drop = nn.Dropout(spec.drop_rate)
+        self.head = self.make_head(dim)
+        init_weights(self)
+        for p in (self.cls_token, self.pos_embed):
+            if p is not None:
+                trunc_normal_(p, std=0.02)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) image → (B, P+N, C) normalised tokens."""
+        x = self.stem(x)  # (B, C, h, w)
+        hw = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x, hw)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x[:, 0] if self.spec.pool == "token" else x[:, self.num_prefix:].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)

@@ -1,0 +1,93 @@
+"""Pyramid macro-architecture (ShiftViT, TransXNet, Swin-like)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archbench.layers.block import build_blocks, drop_path_rates, make_norm
+from archbench.layers.layout import Layout
+from archbench.macros.base import MacroModel, divisible, init_weights
+from archbench.registry import MACROS
+
+DOWNSAMPLES = ("merge", "conv")
+
+
+class Stage(nn.Module):
+    """Optional downsampling, then blocks at one resolution."""
+
+    def __init__(self, downsample: nn.Module, blocks: nn.ModuleList):
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = blocks
+
+
+@MACROS.register("pyramid")
+class Pyramid(MacroModel):
+    """A stem to stride p, then stages at strides p, 2p, 4p, ... on (B, C, H, W) maps;
+    final norm, global average pool, linear head.
+
+    Options: ``downsample`` between stages — ``"merge"``: norm then a 2x2/2 conv without bias
+    (ShiftViT's patch merging); ``"conv"``: a 3x3/2 conv without bias then BatchNorm
+    (TransXNet). The image must tile exactly: its size divisible by p·2^(stages-1).
+    """
+
+    layout = Layout.NCHW
+    option_defaults = {"downsample": "merge"}
+
+    @classmethod
+    def grids(cls, spec):
+        p, n = spec.stem.patch_size, len(spec.stages)
+        divisible(spec.img_size, p * 2 ** (n - 1),
+                  f"the pyramid's total stride (patch_size {p} x 2^{n - 1})")
+        H, W = spec.img_size
+        return [(H // p // 2 ** i, W // p // 2 ** i) for i in range(n)]
+
+    @classmethod
+    def check(cls, spec) -> None:
+        ds = spec.options.as_dict().get("downsample", "merge")
+        if ds not in DOWNSAMPLES:
+            raise ValueError(f"pyramid option downsample={ds!r}; allowed: {', '.join(DOWNSAMPLES)}")
+        if spec.class_token or spec.pos_embed:
+            raise ValueError("the pyramid macro has no class token or absolute position embedding; "
+                             "set class_token=False, pos_embed=False (use block_pos for conv position encoding)")
+        if any(s.patch_size for s in spec.stages):
+            raise ValueError("stage patch_size is for two-branch branches; pyramid uses stem.patch_size")
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        dims = [s.dim for s in spec.stages]
+        self.num_features = dims[-1]
+        self.stem = self.make_stem(spec.stem, dims[0])
+        grids = self.grids(spec)
+        self.stages = nn.ModuleList()
+        for i, (st, dpr) in enumerate(zip(spec.stages, drop_path_rates(spec))):
+            down = nn.Identity() if i == 0 else self._downsample(dims[i - 1], dims[i])
+            blocks = build_blocks(spec, st, layout=self.layout, grid=grids[i], num_prefix=0, drop_paths=dpr)
+            self.stages.append(Stage(down, blocks))
+        self.norm = make_norm(spec.norm, dims[-1], self.layout, spec.norm_eps)
+        self.head_drop = nn.Dropout(spec.drop_rate)
+        self.head = self.make_head(dims[-1])
+        init_weights(self)
+
+    def _downsample(self, cin: int, cout: int) -> nn.Module:
+        if self.opts["downsample"] == "merge":
+            return nn.Sequential(make_norm(self.spec.norm, cin, self.layout, self.spec.norm_eps),
+                                 nn.Conv2d(cin, cout, kernel_size=2, stride=2, bias=False))
+        return nn.Sequential(nn.Conv2d(cin, cout, kernel_size=3, stride=2, padding=1, bias=False),
+                             nn.BatchNorm2d(cout))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) image → (B, C', H/32, W/32) normalised map (for p=4, 4 stages)."""
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage.downsample(x)
+            hw = (x.shape[2], x.shape[3])
+            for blk in stage.blocks:
+                x = blk(x, hw)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        # adaptive pooling, not mean(): the op the reference code uses, so FLOP counts agree
+        x = self.head_drop(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return x if pre_logits else self.head(x)

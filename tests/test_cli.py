@@ -1,0 +1,74 @@
+"""The command line: spec flags, JSON output, and one-line errors with exit code 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from archbench.cli import main
+from archbench.spec import ArchSpec
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_json_reports_params_and_shape(capsys):
+    code, out, _ = run(capsys, "check", "--mixer", "shift", "--ffn", "msffn", "--img-size", "32",
+                       "--num-classes", "10", "--json")
+    assert code == 0
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["output_shape"] == [2, 10] and row["params"] > 0 and row["finite"]
+
+
+def test_spec_prints_yaml_that_reloads(capsys, tmp_path):
+    code, out, _ = run(capsys, "spec", "--mixer", "dmixer", "--ffn", "msffn", "--img-size", "64x32",
+                       "--depths", "1,1,2,1", "--set", "drop_path=0.1", "--mixer-opt", "groups=3")
+    assert code == 0
+    spec = ArchSpec.from_yaml(out)
+    assert spec.img_size == (64, 32) and spec.drop_path == 0.1
+    assert [s.depth for s in spec.stages] == [1, 1, 2, 1]
+    assert spec.stages[0].mixer_options.as_dict()["groups"] == 3
+    path = tmp_path / "spec.yaml"
+    path.write_text(out)
+    code, out2, _ = run(capsys, "spec", "--spec", str(path))
+    assert code == 0 and out2 == out
+
+
+def test_spec_of_a_zoo_model_with_overrides(capsys):
+    code, out, _ = run(capsys, "spec", "--model", "shiftvit_tiny", "--ffn", "msffn", "--json")
+    assert code == 0
+    spec = ArchSpec.from_json(out)
+    assert {s.ffn for s in spec.stages} == {"msffn"} and spec.stages[2].depth == 18
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["check", "--mixer", "shfit"], "unknown token mixer 'shfit'"),
+    (["check", "--mixer", "msa", "--dims", "100", "--heads", "3", "--img-size", "32"], "heads=3 does not divide dim=100"),
+    (["check", "--mixer", "msa", "--img-size", "30", "--patch-size", "4"], "not divisible by patch_size 4"),
+    (["check", "--mixer", "msa", "--depths", "0"], "depth must be a positive integer, got 0"),
+    (["check", "--mixer", "msa", "--mlp-ratio", "-2"], "mlp_ratio must be a positive number"),
+    (["spec", "--model", "deit_smal"], "unknown model 'deit_smal'"),
+    (["spec", "--set", "colour"], "--set takes KEY=VALUE"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_console_script_entry_point_runs():
+    proc = subprocess.run([sys.executable, "-m", "archbench", "check", "--mixer", "cross-attn", "--img-size", "32",
+                           "--dims", "32", "--depths", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["output_shape"] == [2, 1000]
+
+
+def test_models_lists_the_zoo(capsys):
+    code, out, _ = run(capsys, "models", "volo_*", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["name"] for r in rows] == [f"volo_d{i}" for i in range(1, 6)]
+    assert all(r["params"] == r["params_ref"] for r in rows)
