@@ -138,9 +138,9 @@ def create_model(name: str, pretrained: str | None = None, num_classes: int = 10
         changes["num_classes"] = num_classes
     if in_chans != spec.in_chans:
         changes["in_chans"] = in_chans
-    if spec.macro == "two-branch" and "img_size" in changes and "patch_size" not in changes:
-        _check_two_branch_resize(spec, changes["img_size"])
     try:
+        if spec.macro == "two-branch" and "img_size" in changes and "patch_size" not in changes:
+            _check_two_branch_resize(spec, changes["img_size"])
         spec = override_spec(spec, **changes) if changes else spec
     except ValueError as e:
         args = ", ".join(f"{k}={v!r}" for k, v in changes.items())

@@ -133,10 +133,13 @@ def load_pretrained(model: nn.Module, path: str | Path, entry=None) -> None:
             sd.pop(k)  # a new classifier: keep it freshly initialised
         for k in [k for k in ours if re.match(r"(aux_)?head\.", k)]:
             sd[k] = ours[k]
-    missing = sorted(set(ours) - set(sd))
-    unexpected = sorted(set(sd) - set(ours))
-    shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(ours[k].shape)}"
-                    for k in set(sd) & set(ours) if sd[k].shape != ours[k].shape)
+    def top_first(keys):  # top-level tensors (cls_token, pos_embed, head) say the most
+        return sorted(keys, key=lambda k: (k.count("."), k))
+
+    missing = top_first(set(ours) - set(sd))
+    unexpected = top_first(set(sd) - set(ours))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(ours[k].shape)}"
+              for k in top_first(set(sd) & set(ours)) if sd[k].shape != ours[k].shape]
     if missing or unexpected or shapes:
         name = entry.name if entry is not None else type(model).__name__
         parts = []
