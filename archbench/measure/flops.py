@@ -7,7 +7,8 @@ convolutions. Here both get a handle for the fused attention op that counts what
 explicit matmuls would: QKᵀ and attn·V, B·h·Nq·Nk·(d_qk + d_v); softmax and scaling count
 zero, as fvcore counts them for the explicit form. ptflops runs with ``backend='aten'``
 (it counts mm/addmm/bmm/matmul/convolution; norms and pooling are free there, which is
-why it reads a little below fvcore). Every op a counter saw but did not count is listed
+why it reads a little below fvcore); its bias additions in addmm and convolution are
+dropped here, since a bias add is not a multiply-add and fvcore does not count it. Every op a counter saw but did not count is listed
 in ``skipped`` with how often it ran.
 """
 from __future__ import annotations
@@ -88,10 +89,18 @@ def _ptflops(model: nn.Module, x: torch.Tensor) -> MacCount:
     def sdpa(args: tuple, out: tuple) -> int:
         return _sdpa_macs(args[0].shape, args[1].shape, args[2].shape)
 
-    hooks = {getattr(aten, n): sdpa for n in (
+    def addmm(args: tuple, out: tuple) -> int:  # bias adds are not multiply-adds
+        return math.prod(args[1].shape) * args[2].shape[-1]
+
+    def conv(args: tuple, out: tuple) -> int:
+        x, w, transposed = args[0], args[1], args[6]
+        return x.shape[0] * math.prod(w.shape) * math.prod((x if transposed else out[0]).shape[2:])
+
+    hooks = {aten.addmm: addmm, aten.convolution: conv, aten._convolution: conv}
+    hooks.update({getattr(aten, n): sdpa for n in (
         "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
         "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
-        "_scaled_dot_product_cudnn_attention") if hasattr(aten, n)}
+        "_scaled_dot_product_cudnn_attention") if hasattr(aten, n)})
     skipped: Counter = Counter()
 
     class Mode(FlopCounterMode):
