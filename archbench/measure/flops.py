@@ -32,6 +32,7 @@ class MacCount:
     skipped: dict[str, int] = field(default_factory=dict)  # op → calls not counted
     by_module: dict[str, float] = field(default_factory=dict)  # top-level module → MACs
     by_op: dict[str, float] = field(default_factory=dict)
+    by_part: dict[str, float] = field(default_factory=dict)  # token_mixer / ffn / rest (fvcore)
 
     @property
     def gmacs(self) -> float:
@@ -60,7 +61,8 @@ FREE_OPS = {
 }
 
 
-def _fvcore(model: nn.Module, x: torch.Tensor) -> MacCount:
+def _fvcore_analysis(model: nn.Module, x: torch.Tensor):
+    """fvcore's FlopCountAnalysis with the fused-attention handles, warnings silenced."""
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import get_shape
 
@@ -72,13 +74,23 @@ def _fvcore(model: nn.Module, x: torch.Tensor) -> MacCount:
                "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_flash_attention"):
         fca.set_op_handle(op, sdpa)
     fca.tracer_warnings("none").uncalled_modules_warnings(False).unsupported_ops_warnings(False)
+    return fca
+
+
+def _fvcore(model: nn.Module, x: torch.Tensor) -> MacCount:
+    fca = _fvcore_analysis(model, x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         total = fca.total()
     skipped = {k: v for k, v in fca.unsupported_ops().items() if k.lower() not in FREE_OPS}
-    by_module = {k: float(v) for k, v in fca.by_module().items() if k and "." not in k}
+    modules = fca.by_module()
+    by_module = {k: float(v) for k, v in modules.items() if k and "." not in k}
+    # blocks name their parts ``mixer`` and ``ffn``; those subtrees never nest in each other
+    mixer = float(sum(v for k, v in modules.items() if k.endswith("mixer")))
+    ffn = float(sum(v for k, v in modules.items() if k.endswith("ffn")))
     return MacCount(float(total), "fvcore", dict(sorted(skipped.items())), by_module,
-                    {k: float(v) for k, v in fca.by_operator().items()})
+                    {k: float(v) for k, v in fca.by_operator().items()},
+                    {"token_mixer": mixer, "ffn": ffn, "rest": float(total) - mixer - ffn})
 
 
 def _ptflops(model: nn.Module, x: torch.Tensor) -> MacCount:
