@@ -60,7 +60,7 @@ def test_timm_deit_tiny_with_fused_attention_hits_the_reference(backend):
 
 
 def test_counters_agree_on_our_models():
-    for name in ("deit_tiny", "crossvit_9", "shiftvit_tiny_light"):
+    for name in ("deit_tiny", "crossvit_9", "shiftvit_tiny_light", "transxnet_t"):
         model = create_model(name)
         res = (1, *model.pretrained_cfg["input_size"])
         a, b = count_macs(model, res).gmacs, count_macs(model, res, backend="ptflops").gmacs

@@ -1,14 +1,18 @@
 """FLOP counting that counts attention: fvcore and ptflops, both reported as MACs.
 
-Both counters count one multiply-add as one operation (what the papers call FLOPs).
+Both counters count one multiply-add as one operation (what the papers call FLOPs) and
+follow fvcore's conventions for the rest (a norm costs 5 per element with an affine, an
+eval-mode BatchNorm 2, adaptive average pooling 1 per input element).
 Out of the box neither counts ``F.scaled_dot_product_attention`` (so DeiT-S reads 4.25
 instead of 4.61 GMACs) and ptflops' default backend also misses matmuls and functional
 convolutions. Here both get a handle for the fused attention op that counts what the
 explicit matmuls would: QKᵀ and attn·V, B·h·Nq·Nk·(d_qk + d_v); softmax and scaling count
 zero, as fvcore counts them for the explicit form. ptflops runs with ``backend='aten'``
-(it counts mm/addmm/bmm/matmul/convolution; norms and pooling are free there, which is
-why it reads a little below fvcore); its bias additions in addmm and convolution are
-dropped here, since a bias add is not a multiply-add and fvcore does not count it. Every op a counter saw but did not count is listed
+(out of the box it counts only mm/addmm/bmm/matmul/convolution: norms and pooling get
+fvcore's costs here, and its bias additions in addmm and convolution are dropped, since a
+bias add is not a multiply-add and fvcore does not count it). The two counters see the
+model differently — fvcore traces TorchScript ops, ptflops intercepts ATen dispatch — so
+they check each other's coverage. Every op a counter saw but did not count is listed
 in ``skipped`` with how often it ran.
 """
 from __future__ import annotations
@@ -78,9 +82,9 @@ def _fvcore_analysis(model: nn.Module, x: torch.Tensor):
 
 
 def _fvcore(model: nn.Module, x: torch.Tensor) -> MacCount:
-    fca = _fvcore_analysis(model, x)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # fvcore's tracer warnings say nothing about the count
+        fca = _fvcore_analysis(model, x)
         total = fca.total()
     skipped = {k: v for k, v in fca.unsupported_ops().items() if k.lower() not in FREE_OPS}
     modules = fca.by_module()
@@ -108,7 +112,22 @@ def _ptflops(model: nn.Module, x: torch.Tensor) -> MacCount:
         x, w, transposed = args[0], args[1], args[6]
         return x.shape[0] * math.prod(w.shape) * math.prod((x if transposed else out[0]).shape[2:])
 
-    hooks = {aten.addmm: addmm, aten.convolution: conv, aten._convolution: conv}
+    def norm(affine_index: int, eval_bn: bool = False):
+        def count(args: tuple, out: tuple) -> int:  # fvcore's conventions for norms
+            affine = len(args) > affine_index and args[affine_index] is not None
+            if eval_bn and not args[5]:  # native_batch_norm(..., training, ...) in eval
+                return args[0].numel() * (2 if affine else 1)
+            return args[0].numel() * (5 if affine else 4)
+        return count
+
+    def bn_eval(args: tuple, out: tuple) -> int:
+        return args[0].numel() * (2 if args[1] is not None else 1)
+
+    hooks = {aten.addmm: addmm, aten.convolution: conv, aten._convolution: conv,
+             aten.native_batch_norm: norm(1, eval_bn=True), aten.native_layer_norm: norm(2),
+             aten.native_group_norm: norm(1), aten._adaptive_avg_pool2d: lambda a, o: a[0].numel()}
+    if hasattr(aten, "_native_batch_norm_legit_no_training"):
+        hooks[aten._native_batch_norm_legit_no_training] = bn_eval
     hooks.update({getattr(aten, n): sdpa for n in (
         "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
         "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
