@@ -146,6 +146,11 @@ def spec_from_args(args: argparse.Namespace):
                      **({"ffn_options": ffn_opts} if ffn_opts else {}))
 
 
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def _console():
     import os
 
@@ -311,6 +316,128 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from archbench.results import append_rows
+    from archbench.train.data import load_dataset
+    from archbench.train.loop import Recipe
+    from archbench.train.run import DATASET_EPOCHS, DATASET_IMG_SIZE, DEFAULT_EPOCHS, run_experiment
+
+    if args.epochs is None:
+        args.epochs = DATASET_EPOCHS.get(args.dataset, DEFAULT_EPOCHS)
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                    warmup_epochs=args.warmup, label_smoothing=args.label_smoothing, clip_grad=args.clip_grad,
+                    augment=not args.no_augment)
+    recipe.check()
+    data = load_dataset(args.dataset, args.data_dir, args.download)
+    if args.spec is None:  # the dataset fills in what the flags leave open
+        if args.model is None and args.img_size is None:
+            args.img_size = DATASET_IMG_SIZE.get(args.dataset, data.native_size)
+        if args.in_chans is None:
+            args.in_chans = data.in_chans
+        if args.num_classes is None:
+            args.num_classes = data.num_classes
+    spec = spec_from_args(args)
+    if spec.in_chans != data.in_chans:
+        raise UsageError(f"the model takes {spec.in_chans} input channels but {data.name} images have "
+                         f"{data.in_chans}; set --in-chans {data.in_chans}")
+    if spec.num_classes != data.num_classes:
+        raise UsageError(f"the model has {spec.num_classes} classes but {data.name} has {data.num_classes}")
+    for flag in ("limit_train", "limit_test"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    n_train = len(data.subset(args.limit_train, args.limit_test).train.y)
+    steps = max(1, n_train // recipe.batch_size)
+    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn()]
+    console = _console()
+    with Progress(*cols, console=console, transient=True, disable=args.json) as bar:
+        ep_task = bar.add_task("epochs", total=recipe.epochs, info="")
+        st_task = bar.add_task("steps", total=steps, info="")
+
+        def on_step(epoch, step, loss):
+            bar.update(st_task, completed=step + 1, info=f"loss {loss:.3f}")
+
+        def on_epoch(epoch, m):
+            bar.update(ep_task, completed=epoch, info=f"top-1 {m['top1']:.2f}%  {m['train_throughput']:.0f} img/s")
+            bar.reset(st_task, total=steps, info="")
+            if not args.json:
+                bar.console.print(f"epoch {epoch:3d}/{recipe.epochs}  loss {m['loss']:.4f}  top-1 {m['top1']:6.2f}%  "
+                                  f"top-5 {m['top5']:6.2f}%  {m['train_throughput']:7.1f} img/s  "
+                                  f"{m['epoch_seconds']:.1f}s")
+
+        row = run_experiment(spec, dataset=args.dataset, data_dir=args.data_dir, download=args.download,
+                             recipe=recipe, seed=args.seed, device=args.device, callback=on_epoch,
+                             on_step=on_step, name=args.model, limit_train=args.limit_train,
+                             limit_test=args.limit_test)
+    if args.out:
+        append_rows(args.out, [row])
+    if args.json:
+        print(json.dumps(row, default=str))
+        return 0 if row["status"] == "ok" else 1
+    t = Table(title=f"archbench run — {row['name']} on {row['dataset']} ({row['device']})", show_header=False)
+    for key, label in (("status", "status"), ("params", "params"), ("gmacs_fvcore", "GMACs (fvcore)"),
+                       ("top1", "top-1 %"), ("top5", "top-5 %"), ("throughput", "eval img/s"),
+                       ("train_throughput", "train img/s"), ("train_seconds", "train seconds"),
+                       ("wall_seconds", "wall seconds")):
+        t.add_row(label, _fmt(row.get(key), 2))
+    if row["error"]:
+        t.add_row("error", row["error"])
+    if args.out:
+        t.caption = f"row appended to {args.out}.parquet / .csv"
+    console.print(t)
+    return 0 if row["status"] == "ok" else 1
+
+
+def cmd_eval(args) -> int:
+    import torch
+    from rich.progress import Progress
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    from archbench.models import create_model
+
+    if not args.model:
+        raise UsageError("eval needs --model NAME (a zoo model) and --pretrained PATH")
+    root = Path(args.data_dir)
+    if not root.is_dir():
+        raise UsageError(f"data dir {args.data_dir!r} does not exist")
+    overrides = {k: getattr(args, k) for k in ("img_size", "patch_size", "num_classes") if getattr(args, k) is not None}
+    model = create_model(args.model, pretrained=args.pretrained, **overrides).eval()
+    cfg = model.pretrained_cfg
+    tf = create_transform(input_size=cfg["input_size"], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"],
+                          mean=cfg["mean"], std=cfg["std"])
+    try:
+        ds = ImageFolder(str(root), transform=tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UsageError(f"{args.data_dir!r} is not an image folder (<class>/<image>): {e}") from None
+    if len(ds.classes) > model.num_classes:
+        raise UsageError(f"{args.data_dir!r} has {len(ds.classes)} classes but the model predicts {model.num_classes}")
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
+    device = torch.device(args.device)
+    model.to(device)
+    c1 = c5 = n = 0
+    with Progress(transient=True, disable=args.json) as bar, torch.inference_mode():
+        task = bar.add_task(f"evaluating {args.model}", total=len(loader))
+        for x, y in loader:
+            top = model(x.to(device)).topk(min(5, model.num_classes), dim=1).indices.cpu()
+            c1 += (top[:, 0] == y).sum().item()
+            c5 += (top == y[:, None]).any(dim=1).sum().item()
+            n += len(y)
+            bar.advance(task)
+    row = {"model": args.model, "pretrained": args.pretrained, "images": n, "top1": 100 * c1 / n,
+           "top5": 100 * c5 / n, "input_size": list(cfg["input_size"]), "crop_pct": cfg["crop_pct"],
+           "interpolation": cfg["interpolation"]}
+    if args.json:
+        print(json.dumps(row))
+    else:
+        _console().print(f"{args.model}: top-1 {row['top1']:.2f}%  top-5 {row['top5']:.2f}%  on {n} images "
+                         f"({cfg['input_size'][1]}px, crop {cfg['crop_pct']}, {cfg['interpolation']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -343,6 +470,38 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="results/profile", help="results table stem ('' to keep none)")
     pr.add_argument("--json", action="store_true", help="print the row as one JSON object (last stdout line)")
     pr.set_defaults(func=cmd_profile)
+
+    r = sub.add_parser("run", help="train a model on a dataset and record its accuracy, size and speed")
+    add_model_args(r)
+    r.add_argument("--dataset", default="digits", help="digits (embedded, default) | cifar10 | cifar100 | imagefolder")
+    r.add_argument("--data-dir", help="dataset root (cifar*: torchvision's folder; imagefolder: train/ + val/)")
+    r.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100 to --data-dir")
+    r.add_argument("--epochs", type=int, help="default: 15 on digits, 30 elsewhere")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--lr", type=float, default=2e-3)
+    r.add_argument("--weight-decay", type=float, default=0.05)
+    r.add_argument("--warmup", type=float, default=2.0, help="warm-up epochs")
+    r.add_argument("--label-smoothing", type=float, default=0.1)
+    r.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
+    r.add_argument("--no-augment", action="store_true", help="no random crops or flips")
+    r.add_argument("--limit-train", type=int, help="train on a class-balanced subset of this many images")
+    r.add_argument("--limit-test", type=int, help="evaluate on a class-balanced subset of this many images")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    r.add_argument("--out", default="results/runs", help="results table stem ('' to keep none)")
+    r.add_argument("--json", action="store_true", help="print the row as one JSON object (last stdout line)")
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="evaluate a published checkpoint with the model's own preprocessing")
+    add_model_args(e)
+    e.add_argument("--pretrained", required=True, help="checkpoint path (timm's keys or ours)")
+    e.add_argument("--dataset", default="imagefolder", choices=["imagefolder"])
+    e.add_argument("--data-dir", required=True, help="validation folder: <class>/<image>")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("models", help="list the published models (the zoo)")
     m.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'shiftvit_*'")

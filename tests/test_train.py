@@ -1,0 +1,127 @@
+"""Training: the embedded dataset, determinism, imagefolder data, and bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from archbench import make_spec
+from archbench.cli import main
+from archbench.results import read_table
+from archbench.train.data import load_dataset
+from archbench.train.loop import Recipe, augment
+from archbench.train.run import run_experiment
+
+TINY = ["--mixer", "shift", "--ffn", "mlp", "--dims", "16", "--depths", "1", "--img-size", "8"]
+
+
+def test_digits_is_embedded_and_split_stratified():
+    d = load_dataset("digits")
+    assert (len(d.train.y), len(d.test.y)) == (1437, 360)  # 1,797 images, a fixed 80/20 split
+    assert d.in_chans == 1 and d.num_classes == 10 and d.train.x.dtype == torch.uint8
+    counts = torch.bincount(d.test.y, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified
+    assert load_dataset("digits") is d  # loaded once per process
+
+
+def test_same_seed_same_top1():
+    spec = make_spec(mixer="shift", ffn="mlp", dims=16, depths=1, img_size=8, in_chans=1, num_classes=10)
+    recipe = Recipe(epochs=1, batch_size=128)
+    a = run_experiment(spec, recipe=recipe, seed=3)
+    b = run_experiment(spec, recipe=recipe, seed=3)
+    assert a["status"] == b["status"] == "ok"
+    assert a["top1"] == b["top1"] and a["history"][0]["loss"] == b["history"][0]["loss"]
+
+
+def test_run_cli_writes_a_row(capsys, tmp_path):
+    out = tmp_path / "runs"
+    code = main(["run", *TINY, "--epochs", "2", "--batch-size", "128", "--json", "--out", str(out)])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0
+    for key in ("top1", "top5", "params", "gmacs_fvcore", "throughput", "train_seconds", "history", "seed", "recipe"):
+        assert key in row, key
+    assert len(row["history"]) == 2 and 0 <= row["top1"] <= 100
+    table = read_table(out)
+    assert len(table) == 1 and json.loads(table.loc[0, "recipe"])["epochs"] == 2
+
+
+def test_augment_crops_and_flips_per_image():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    out = augment(x, flip=True, gen=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    # every output pixel is a source pixel or padding zero
+    assert set(out.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+
+
+def _folder(root, classes, n=4, size=(8, 8), mode="RGB"):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                shape = (*size, 3) if mode == "RGB" else size
+                Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(root / split / c / f"{i}.png")
+
+
+def test_imagefolder_grey_and_rgb(tmp_path):
+    _folder(tmp_path / "rgb", ["cat", "dog"])
+    _folder(tmp_path / "grey", ["a", "b", "c"], mode="L")
+    rgb, grey = load_dataset("imagefolder", str(tmp_path / "rgb")), load_dataset("imagefolder", str(tmp_path / "grey"))
+    assert rgb.in_chans == 3 and rgb.num_classes == 2 and rgb.classes == ["cat", "dog"]
+    assert grey.in_chans == 1 and grey.num_classes == 3 and len(grey.train.y) == 12
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--dataset", "imagenot"], "unknown dataset 'imagenot'"),
+    (["--dataset", "imagefolder", "--data-dir", "/nonexistent/dir"], "does not exist"),
+    (["--dataset", "imagefolder"], "imagefolder needs --data-dir"),
+    (["--epochs", "0"], "epochs must be a positive integer, got 0"),
+    (["--lr", "-1"], "lr must be > 0"),
+])
+def test_run_bad_input(capsys, extra, needle):
+    assert main(["run", *TINY, *extra, "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_bad_data_dirs(capsys, tmp_path):
+    (tmp_path / "empty" / "train" / "x").mkdir(parents=True)
+    (tmp_path / "empty" / "val" / "x").mkdir(parents=True)
+    assert main(["run", *TINY, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "empty"), "--out", ""]) == 2
+    assert "no images under" in capsys.readouterr().err
+    _folder(tmp_path / "one", ["only"])
+    assert main(["run", *TINY, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "one"), "--out", ""]) == 2
+    assert "has 1 class" in capsys.readouterr().err
+
+
+def test_run_refuses_an_image_size_the_spec_cannot_take(capsys):
+    assert main(["run", "--mixer", "shift", "--img-size", "30", "--out", ""]) == 2
+    assert "not divisible" in capsys.readouterr().err
+
+
+def test_interrupted_run_leaves_the_table_intact(capsys, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    assert main(["run", *TINY, "--epochs", "1", "--batch-size", "256", "--out", str(out), "--json"]) == 0
+    before = read_table(out)
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("archbench.train.run.train", interrupt)
+    assert main(["run", *TINY, "--epochs", "1", "--out", str(out)]) == 130
+    after = read_table(out)
+    assert after.equals(before)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_eval_uses_the_models_preprocessing(capsys, tmp_path):
+    import timm
+
+    _folder(tmp_path / "data", ["a", "b"], size=(40, 48))
+    ref = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=32, patch_size=4)
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    code = main(["eval", "--model", "deit_tiny", "--pretrained", str(tmp_path / "w.pth"), "--img-size", "32", "--patch-size", "4",
+                 "--num-classes", "2", "--data-dir", str(tmp_path / "data" / "val"), "--json", "--workers", "0"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and row["images"] == 8 and 0 <= row["top1"] <= 100
