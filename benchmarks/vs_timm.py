@@ -2,13 +2,16 @@
 
 Both models carry the same weights; each round times A then B then B then A (ABBA, so
 drift and thermal state hit both equally) after a warm-up, under inference_mode at a fixed
-thread count. Prints a table and writes results/benchmarks/vs_timm.{csv,md}.
+thread count. A control pair — timm's model against a deep copy of itself, timed the same
+way — shows how far two identical models drift apart on this machine (the noise floor).
+Prints a table and writes results/benchmarks/vs_timm.{csv,md}.
 
     python benchmarks/vs_timm.py [--batch-size 8] [--rounds 6] [--device cpu]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -59,30 +62,37 @@ def main() -> None:
             assert torch.allclose(ours(x), ref(x), atol=1e-3), "models disagree"
             for m in (ours, ref, ours, ref):  # warm-up
                 timed(m, x, device, 1)
-            t_ours, t_ref = [], []
+            twin = copy.deepcopy(ref)
+            timed(twin, x, device, 1)
+            t_ours, t_ref, t_twin = [], [], []
             for _ in range(args.rounds):
                 t_ours.append(timed(ours, x, device, args.iters))
                 t_ref.append(timed(ref, x, device, args.iters))
+                t_twin.append(timed(twin, x, device, args.iters))
+                t_twin.append(timed(twin, x, device, args.iters))
                 t_ref.append(timed(ref, x, device, args.iters))
                 t_ours.append(timed(ours, x, device, args.iters))
         tp_ours = args.batch_size / statistics.median(t_ours)
         tp_ref = args.batch_size / statistics.median(t_ref)
+        control = statistics.median(t_ref) / statistics.median(t_twin)
         rows.append({"model": ours_name, "timm_model": timm_name, "resolution": res[-1],
                      "batch_size": args.batch_size, "ours_img_s": round(tp_ours, 2), "timm_img_s": round(tp_ref, 2),
-                     "ratio": round(tp_ours / tp_ref, 3), "device": device_name(device), "threads": args.threads,
+                     "ratio": round(tp_ours / tp_ref, 3), "control_timm_vs_copy": round(control, 3), "device": device_name(device), "threads": args.threads,
                      "rounds": args.rounds, **provenance()})
-        print(f"{ours_name:12s} ours {tp_ours:8.2f} img/s  timm {tp_ref:8.2f} img/s  ratio {tp_ours / tp_ref:.3f}",
-              flush=True)
+        print(f"{ours_name:12s} ours {tp_ours:8.2f} img/s  timm {tp_ref:8.2f} img/s  ratio {tp_ours / tp_ref:.3f}  "
+              f"(timm vs its copy: {control:.3f})", flush=True)
     df = pd.DataFrame(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out.with_suffix(".csv"), index=False)
     cmd = "python benchmarks/vs_timm.py " + " ".join(sys.argv[1:])
-    cols = ["model", "timm_model", "resolution", "batch_size", "ours_img_s", "timm_img_s", "ratio"]
+    cols = ["model", "timm_model", "resolution", "batch_size", "ours_img_s", "timm_img_s", "ratio",
+            "control_timm_vs_copy"]
     md = [f"# archbench vs timm: inference throughput", "",
           f"Command: `{cmd.strip()}`  ", f"Device: {rows[0]['device']}, {args.threads} threads, fp32, "
           f"torch {rows[0]['torch']}, timm {rows[0]['timm']}, commit {rows[0]['git_commit']}, {rows[0]['timestamp']}  ",
-          "Same weights in both; ABBA-interleaved rounds; median time per batch.", "",
+          "Same weights in both; interleaved rounds; median time per batch. `ratio` = ours / timm "
+          "throughput; `control_timm_vs_copy` = timm against a deep copy of itself, the noise floor.", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
