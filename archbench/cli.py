@@ -382,7 +382,7 @@ def cmd_run(args) -> int:
                        ("top1", "top-1 %"), ("top5", "top-5 %"), ("throughput", "eval img/s"),
                        ("train_throughput", "train img/s"), ("train_seconds", "train seconds"),
                        ("wall_seconds", "wall seconds")):
-        t.add_row(label, _fmt(row.get(key), 2))
+        t.add_row(label, _fmt(row.get(key), 4 if key == "gmacs_fvcore" else 2))
     if row["error"]:
         t.add_row("error", row["error"])
     if args.out:

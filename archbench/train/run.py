@@ -35,7 +35,8 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
     torch.manual_seed(seed)
     model = build_model(spec)
     row: dict[str, Any] = {
-        "name": name or f"{spec.macro}:{'+'.join(s.mixer for s in spec.stages)}/{'+'.join(s.ffn for s in spec.stages)}",
+        "name": name or f"{spec.macro} {'+'.join(dict.fromkeys(s.mixer for s in spec.stages))}"
+                        f"/{'+'.join(dict.fromkeys(s.ffn for s in spec.stages))}",
         "dataset": data.name, "train_images": len(data.train.y), "test_images": len(data.test.y),
         "seed": seed, "recipe": {**recipe.as_dict(), "limit_train": limit_train, "limit_test": limit_test}, "macro": spec.macro,
         "mixers": sorted({s.mixer for s in spec.stages}), "ffns": sorted({s.ffn for s in spec.stages}),
