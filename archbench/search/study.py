@@ -1,0 +1,152 @@
+"""Optuna studies over the spec grammar: sample a spec, check it cheaply, train, record.
+
+- single objective: TPE (or random) with a median or Hyperband pruner on per-epoch top-1;
+- several objectives: NSGA-II (or TPE, which handles several); Optuna has no pruner there;
+- constraints go to the sampler (``constraints_func``): a spec over the GMACs/params budget
+  is recorded as infeasible with the objective's worst value and never trained; an invalid
+  spec (e.g. a patch size that does not tile the image) fails with its reason, untrained;
+- storage defaults to SQLite under ``results/search/``; the same command resumes the study.
+  A heartbeat marks a trial whose process died as failed, and it is retried once.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from archbench.search.space import SearchSpace, apply
+
+def default_storage(space: SearchSpace, results_dir: str | Path = "results/search") -> str:
+    path = Path(results_dir) / f"{space.name}.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _storage(url: str):
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    try:
+        return RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+    except Exception as e:  # noqa: BLE001 - any connection failure is the user's URL
+        raise ValueError(f"cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _sampler(space: SearchSpace):
+    seed = space.sampler.get("seed", 0)
+    name = space.sampler["name"]
+
+    def constraints(trial: optuna.trial.FrozenTrial):
+        return trial.user_attrs.get("constraint", [0.0])
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+    return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=True)
+
+
+def _pruner(space: SearchSpace):
+    name = space.pruner["name"]
+    if name == "none" or len(space.objectives) > 1:
+        return optuna.pruners.NopPruner()
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.recipe.get("epochs", 30))
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+
+
+def open_study(space: SearchSpace, storage: str | None = None, study_name: str | None = None) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(study_name=study_name or space.name, storage=_storage(storage or default_storage(space)),
+                               sampler=_sampler(space), pruner=_pruner(space), directions=space.directions,
+                               load_if_exists=True)
+
+
+def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    out = {}
+    for p in space.params:
+        if p.kind == "categorical":
+            out[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.kind == "int":
+            out[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            out[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+    return out
+
+
+def make_objective(space: SearchSpace, *, device: str = "cpu",
+                   on_trial: Callable[[int, str], None] | None = None) -> Callable[[optuna.Trial], Any]:
+    from archbench.builder import build_model, make_spec
+    from archbench.measure import count_macs, count_params
+    from archbench.train.data import load_dataset
+    from archbench.train.loop import Recipe
+    from archbench.train.run import DATASET_IMG_SIZE, run_experiment
+
+    ds = space.dataset
+    data = load_dataset(ds["name"], ds.get("data_dir"), ds.get("download", False))  # once per process
+    base = dict(space.base)
+    base.setdefault("img_size", DATASET_IMG_SIZE.get(ds["name"], data.native_size))
+    base.setdefault("in_chans", data.in_chans)
+    base.setdefault("num_classes", data.num_classes)
+    space = SearchSpace(**{**space.__dict__, "base": base})
+    base_spec = make_spec(**base)
+    recipe = Recipe(**space.recipe)
+    cons = space.constraints
+
+    def objective(trial: optuna.Trial):
+        values = _suggest(trial, space)
+        try:
+            spec = make_spec(**apply(space, values, base_spec))
+        except ValueError as e:
+            trial.set_user_attr("reason", f"invalid spec: {e}")
+            raise optuna.TrialPruned(f"invalid spec: {e}") from None
+        model = build_model(spec)
+        params = count_params(model).total
+        gmacs = count_macs(model, (1, spec.in_chans, *spec.img_size)).gmacs
+        trial.set_user_attr("spec", spec.to_json())
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("gmacs", gmacs)
+        violation = []
+        if "max_gmacs" in cons:
+            violation.append(gmacs - cons["max_gmacs"])
+        if "max_params" in cons:
+            violation.append(float(params - cons["max_params"]))
+        trial.set_user_attr("constraint", violation or [0.0])
+        if any(v > 0 for v in violation):  # cheap check first: never train an over-budget spec
+            trial.set_user_attr("reason", "over budget: " + ", ".join(
+                f"{k}={v:.4g}" for k, v in (("gmacs", gmacs), ("params", params))))
+            trial.set_user_attr("trained", False)
+            # feasible-looking values are never reported for it: accuracy 0, speed 0, sizes as measured
+            untrained = {"top1": 0.0, "top5": 0.0, "throughput": 0.0, "gmacs": gmacs, "params": float(params),
+                         "latency": 1e9}
+            out = [untrained[o] for o in space.objectives]
+            return out if len(out) > 1 else out[0]
+
+        def report(epoch: int, m: dict) -> None:
+            if len(space.objectives) == 1 and space.objectives[0] in ("top1", "top5"):
+                trial.report(m[space.objectives[0]], epoch)
+                if trial.should_prune():
+                    msg = f"pruned at epoch {epoch} with top-1 {m['top1']:.2f}"
+                    trial.set_user_attr("reason", msg)
+                    raise optuna.TrialPruned(msg)
+
+        t0 = time.perf_counter()
+        row = run_experiment(spec, dataset=ds["name"], data_dir=ds.get("data_dir"), recipe=recipe,
+                             seed=space.sampler.get("seed", 0), device=device, callback=report,
+                             limit_train=ds.get("limit_train"), limit_test=ds.get("limit_test"))
+        trial.set_user_attr("trained", True)
+        if row["status"] != "ok":
+            raise RuntimeError(row["error"])
+        for k in ("top1", "top5", "throughput", "train_throughput", "train_seconds"):
+            trial.set_user_attr(k, row[k])
+        trial.set_user_attr("history", [{k: e[k] for k in ("epoch", "loss", "top1", "top5")} for e in row["history"]])
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        metrics = {"top1": row["top1"], "top5": row["top5"], "throughput": row["throughput"], "gmacs": gmacs,
+                   "params": float(params), "latency": 1e3 / row["throughput"] if row["throughput"] else math.inf}
+        out = [metrics[o] for o in space.objectives]
+        return out if len(out) > 1 else out[0]
+
+    return objective

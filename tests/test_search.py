@@ -1,0 +1,97 @@
+"""Optuna search: space validation, a tiny study, resume, constraints, plots."""
+import json
+import textwrap
+import time
+
+import pytest
+
+from archbench.cli import main
+from archbench.search.space import load_space
+
+SPACES = __import__("pathlib").Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def test_shipped_spaces_load():
+    for path in SPACES.glob("*.yaml"):
+        space = load_space(path)
+        assert space.params and space.objectives
+
+
+def test_tiny_space_runs_4_trials_quickly_and_resumes(tmp_path, capsys):
+    t0 = time.perf_counter()
+    argv = ["search", str(SPACES / "tiny.yaml"), "--trials", "4", "--results-dir", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert time.perf_counter() - t0 < 60
+    assert first["complete"] + first["pruned"] == 4
+    # the same command again: nothing repeated; asking for 6 adds exactly 2
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["trials"] == first["trials"]
+    assert main(argv[:3] + ["6"] + argv[4:]) == 0
+    more = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert more["complete"] + more["pruned"] == 6
+
+
+def _space(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_constraint_violating_specs_are_never_trained(tmp_path, capsys):
+    path = _space(tmp_path, """
+        name: budget
+        base: {mixer: shift, ffn: mlp, dims: 16, depths: 1, img_size: 8}
+        params:
+          dims: {choices: [16, 64]}
+        constraints: {max_params: 20000}
+        dataset: {name: digits, limit_train: 200, limit_test: 100}
+        recipe: {epochs: 1, batch_size: 100}
+        sampler: {name: random, seed: 1}
+        """)
+    assert main(["search", str(path), "--trials", "6", "--results-dir", str(tmp_path), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["results", "budget", "--results-dir", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    big = [r for r in rows if r["param_dims"] == 64]
+    small = [r for r in rows if r["param_dims"] == 16]
+    assert big and small
+    assert all(not r["trained"] and r["top1"] is None and "over budget" in r["reason"] for r in big)
+    assert all(r["trained"] for r in small if r["state"] == "COMPLETE")
+
+
+def test_plot_holds_the_trained_trials(tmp_path, capsys):
+    assert main(["search", str(SPACES / "tiny.yaml"), "--trials", "3", "--results-dir", str(tmp_path), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["plot", "tiny", "--x", "params", "--y", "top1", "--results-dir", str(tmp_path)]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    import pandas as pd
+    df = pd.read_parquet(tmp_path / "tiny.parquet")
+    trained = df[(df["state"] == "COMPLETE") & df["trained"]]
+    assert info["points"] == len(trained)
+    assert (tmp_path / "tiny_top1_vs_params.png").stat().st_size > 1000
+    assert set(info["front"]) <= set(trained["trial"])
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("name: x\nparams:\n  mixer: {choices: [shift]\n", "malformed YAML"),
+    ("name: x\nparams:\n  depth: {low: 1, high: 2}\n", "s.yaml:3: unknown parameter 'depth'"),
+    ("name: x\nparams:\n  mlp_ratio: {low: 4.0, high: 1.0}\n", "empty range, low=4.0 > high=1.0"),
+    ("name: x\nparams:\n  mixer: {choices: []}\n", "choices must be a non-empty list"),
+    ("name: x\nparams:\n  mixer: {choices: [shift]}\nobjectives: [accuracy]\n", "objectives ['accuracy']"),
+    ("name: x\nbase: {mixer: shfit}\nparams:\n  mlp_ratio: {low: 1.0, high: 2.0}\n", "unknown token mixer 'shfit'"),
+])
+def test_bad_spaces_are_one_line_exit_2(tmp_path, capsys, text, needle):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    assert main(["search", str(path), "--trials", "1", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.db"))  # no half-created study
+
+
+def test_unreachable_storage_is_refused(tmp_path, capsys):
+    assert main(["search", str(SPACES / "tiny.yaml"), "--trials", "1",
+                 "--storage", "postgresql://nobody@127.0.0.1:9/none", "--results-dir", str(tmp_path)]) == 2
+    assert "cannot open storage" in capsys.readouterr().err
