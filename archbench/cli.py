@@ -296,7 +296,8 @@ def cmd_profile(args) -> int:
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, default=str))
         return 0
-    t = Table(title=f"archbench profile — {rows[0]['device']}, {args.dtype}, batch {args.batch_size}",
+    setting = "sizes and FLOPs only" if args.no_speed else f"{args.dtype}, batch {args.batch_size}"
+    t = Table(title=f"archbench profile — {rows[0]['device']}, {setting}",
               caption=f"GMACs: multiply-adds per image, attention counted. Rows appended to {args.out}.parquet/.csv"
               if args.out else None)
     cols = [("name", "name"), ("params", "params (M)"), ("gmacs_fvcore", "GMACs fvcore"),
