@@ -95,3 +95,53 @@ def test_unreachable_storage_is_refused(tmp_path, capsys):
     assert main(["search", str(SPACES / "tiny.yaml"), "--trials", "1",
                  "--storage", "postgresql://nobody@127.0.0.1:9/none", "--results-dir", str(tmp_path)]) == 2
     assert "cannot open storage" in capsys.readouterr().err
+
+
+def _study_trials(tmp_path, name="tiny"):
+    import optuna
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / (name + '.db')}")
+    return study.get_trials(deepcopy=False)
+
+
+def test_two_workers_share_one_storage(tmp_path, capsys):
+    argv = ["search", str(SPACES / "tiny.yaml"), "--trials", "4", "--workers", "2", "--results-dir", str(tmp_path),
+            "--json"]
+    assert main(argv) == 0
+    trials = _study_trials(tmp_path)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))  # none duplicated
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert 4 <= len(finished) <= 5  # each worker stops once the study has 4; one may be mid-trial then
+    assert all(t.state.name != "RUNNING" for t in trials)
+
+
+def test_a_killed_study_resumes_with_its_completed_trials(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "archbench", "search", str(SPACES / "tiny.yaml"), "--trials", "6",
+           "--results-dir", str(tmp_path), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    done_before = []
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if not (tmp_path / "tiny.db").exists():
+            continue
+        try:
+            trials = _study_trials(tmp_path)
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            continue
+        done_before = [t for t in trials if t.state.name == "COMPLETE"]
+        if len(done_before) >= 2 and any(t.state.name == "RUNNING" for t in trials):
+            break
+    os.killpg(proc.pid, signal.SIGKILL)  # the search and its worker, mid-trial
+    proc.wait()
+    assert len(done_before) >= 2
+    kept = {t.number: t.values for t in done_before}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    after = _study_trials(tmp_path)
+    assert {t.number: t.values for t in after if t.number in kept} == kept  # every completed trial kept
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after) == 6

@@ -25,12 +25,21 @@ def default_storage(space: SearchSpace, results_dir: str | Path = "results/searc
     return f"sqlite:///{path}"
 
 
+# Optuna 5 records constraints on the trial and renamed the stale-trial hook; older ones
+# take a constraints_func and failed_trial_callback
+TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+
+
 def _storage(url: str):
+    import inspect
+
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
+    hook = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
+            in inspect.signature(RDBStorage.__init__).parameters else "failed_trial_callback")
     try:
         return RDBStorage(url, heartbeat_interval=10, grace_period=30,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+                          **{hook: RetryFailedTrialCallback(max_retry=1)})
     except Exception as e:  # noqa: BLE001 - any connection failure is the user's URL
         raise ValueError(f"cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
 
@@ -42,11 +51,12 @@ def _sampler(space: SearchSpace):
     def constraints(trial: optuna.trial.FrozenTrial):
         return trial.user_attrs.get("constraint", [0.0])
 
+    kw = {} if TRIAL_CONSTRAINTS else {"constraints_func": constraints}
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
-    return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=True)
+        return optuna.samplers.NSGAIISampler(seed=seed, **kw)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, **kw)
 
 
 def _pruner(space: SearchSpace):
@@ -109,12 +119,16 @@ def make_objective(space: SearchSpace, *, device: str = "cpu",
         trial.set_user_attr("spec", spec.to_json())
         trial.set_user_attr("params", params)
         trial.set_user_attr("gmacs", gmacs)
-        violation = []
+        violation = {}  # > 0: over budget (Optuna's convention)
         if "max_gmacs" in cons:
-            violation.append(gmacs - cons["max_gmacs"])
+            violation["max_gmacs"] = gmacs - cons["max_gmacs"]
         if "max_params" in cons:
-            violation.append(float(params - cons["max_params"]))
-        trial.set_user_attr("constraint", violation or [0.0])
+            violation["max_params"] = float(params - cons["max_params"])
+        trial.set_user_attr("constraint", list(violation.values()) or [0.0])
+        if TRIAL_CONSTRAINTS:
+            for key, v in violation.items():
+                trial.set_constraint(key, v)
+        violation = list(violation.values())
         if any(v > 0 for v in violation):  # cheap check first: never train an over-budget spec
             trial.set_user_attr("reason", "over budget: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in (("gmacs", gmacs), ("params", params))))
