@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from archbench.layers.mixers.shift import Shift  # noqa: E402
 from archbench.measure.speed import device_name  # noqa: E402
-from archbench.results import provenance  # noqa: E402
+from archbench.results import provenance, write_report  # noqa: E402
 
 # ShiftViT-T stage shapes at 224 (batch 8): (C, H, W)
 SHAPES = [(96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7)]
@@ -78,14 +78,10 @@ def main() -> None:
     df = pd.DataFrame(rows)
     df.to_csv(out.with_suffix(".csv"), index=False)
     cols = ["shape", "MB", "ours_us", "algorithm1_us", "copy_us", "speedup_vs_algorithm1", "ours_vs_copy"]
-    md = ["# Shift: ours vs the paper's Algorithm 1 vs a plain copy", "",
-          f"Command: `python benchmarks/shift.py {' '.join(sys.argv[1:])}`  ".replace("  `", "`"),
-          f"Device: {rows[0]['device']}, {args.threads} threads, fp32, torch {rows[0]['torch']}, "
-          f"commit {rows[0]['git_commit']}, {rows[0]['timestamp']}  ",
-          "Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224).", "",
-          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    write_report(out.with_suffix(".md"), "Shift: ours vs the paper's Algorithm 1 vs a plain copy",
+                 f"python benchmarks/shift.py {' '.join(sys.argv[1:])}",
+                 ["Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224)."],
+                 rows, cols)
 
 
 if __name__ == "__main__":

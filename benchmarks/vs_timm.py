@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from archbench import create_model  # noqa: E402
 from archbench.measure.speed import device_name  # noqa: E402
-from archbench.results import provenance  # noqa: E402
+from archbench.results import provenance, write_report  # noqa: E402
 
 PAIRS = [("deit_small", "deit_small_patch16_224"), ("crossvit_15", "crossvit_15_240"), ("volo_d1", "volo_d1_224")]
 
@@ -88,14 +88,10 @@ def main() -> None:
     cmd = "python benchmarks/vs_timm.py " + " ".join(sys.argv[1:])
     cols = ["model", "timm_model", "resolution", "batch_size", "ours_img_s", "timm_img_s", "ratio",
             "control_timm_vs_copy"]
-    md = [f"# archbench vs timm: inference throughput", "",
-          f"Command: `{cmd.strip()}`  ", f"Device: {rows[0]['device']}, {args.threads} threads, fp32, "
-          f"torch {rows[0]['torch']}, timm {rows[0]['timm']}, commit {rows[0]['git_commit']}, {rows[0]['timestamp']}  ",
-          "Same weights in both; interleaved rounds; median time per batch. `ratio` = ours / timm "
-          "throughput; `control_timm_vs_copy` = timm against a deep copy of itself, the noise floor.", "",
-          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    write_report(out.with_suffix(".md"), "archbench vs timm: inference throughput", cmd,
+                 ["Same weights in both; interleaved rounds; median time per batch. `ratio` = ours / timm "
+                  "throughput; `control_timm_vs_copy` = timm against a deep copy of itself, the noise floor."],
+                 rows, cols)
 
 
 if __name__ == "__main__":

@@ -123,8 +123,9 @@ def test_a_killed_study_resumes_with_its_completed_trials(tmp_path):
 
     cmd = [sys.executable, "-m", "archbench", "search", str(SPACES / "tiny.yaml"), "--trials", "6",
            "--results-dir", str(tmp_path), "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
+    log = open(tmp_path / "search.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
     done_before = []
     while time.time() < deadline:
         time.sleep(0.5)
@@ -134,14 +135,17 @@ def test_a_killed_study_resumes_with_its_completed_trials(tmp_path):
             trials = _study_trials(tmp_path)
         except Exception:  # noqa: BLE001 - the study may not exist yet
             continue
-        done_before = [t for t in trials if t.state.name == "COMPLETE"]
+        done_before = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
         if len(done_before) >= 2 and any(t.state.name == "RUNNING" for t in trials):
+            break
+        if proc.poll() is not None:
             break
     os.killpg(proc.pid, signal.SIGKILL)  # the search and its worker, mid-trial
     proc.wait()
-    assert len(done_before) >= 2
-    kept = {t.number: t.values for t in done_before}
+    log.close()
+    assert len(done_before) >= 2, (tmp_path / "search.log").read_text()[-2000:]
+    kept = {t.number: (t.state.name, t.values) for t in done_before}
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     after = _study_trials(tmp_path)
-    assert {t.number: t.values for t in after if t.number in kept} == kept  # every completed trial kept
+    assert {t.number: (t.state.name, t.values) for t in after if t.number in kept} == kept  # all kept
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after) == 6
