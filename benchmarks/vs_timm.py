@@ -45,12 +45,14 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=2, help="forward passes per timing")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--models", default=",".join(o for o, _ in PAIRS), help="which of our models, comma-separated")
     ap.add_argument("--out", default="results/benchmarks/vs_timm")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
-    for ours_name, timm_name in PAIRS:
+    wanted = set(args.models.split(","))
+    for ours_name, timm_name in [p for p in PAIRS if p[0] in wanted]:
         torch.manual_seed(0)
         ref = timm.create_model(timm_name, pretrained=False).eval().to(device)
         path = Path(f"/tmp/{timm_name}.pth")

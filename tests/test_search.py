@@ -149,3 +149,53 @@ def test_a_killed_study_resumes_with_its_completed_trials(tmp_path):
     after = _study_trials(tmp_path)
     assert {t.number: (t.state.name, t.values) for t in after if t.number in kept} == kept  # all kept
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after) == 6
+
+
+@pytest.fixture
+def postgres_url():
+    """A real PostgreSQL server on loopback, started for the test and stopped after it."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bindir = next((d for d in ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
+                   if os.path.exists(f"{d}/pg_ctl")), None)
+    if bindir is None or shutil.which("runuser") is None or os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have PostgreSQL (.ci/run installs Debian's postgresql) and run as root")
+        pytest.skip("needs Debian's postgresql and root (to run the server as the postgres user)")
+    pytest.importorskip("psycopg2")
+    data = tempfile.mkdtemp(prefix="archbench-pg-")
+    shutil.chown(data, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def pg(*args):
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120)
+
+    pg(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres")
+    pg(f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log", "-o",
+       f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        pg(f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_workers_on_a_postgresql_storage(tmp_path, capsys, postgres_url):
+    argv = ["search", str(SPACES / "tiny.yaml"), "--trials", "4", "--workers", "2", "--storage", postgres_url,
+            "--results-dir", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    import optuna
+    trials = optuna.load_study(study_name="tiny", storage=postgres_url).get_trials(deepcopy=False)
+    assert len({t.number for t in trials}) == len(trials) == out["trials"]
+    assert 4 <= sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) <= 5
+    assert all(t.state.name != "RUNNING" for t in trials)
+    # the same command resumes from the server: nothing new
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trials"] == out["trials"]

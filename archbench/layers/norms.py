@@ -41,6 +41,7 @@ def layernorm(dim: int, *, layout: Layout, eps: float) -> nn.Module:
 def groupnorm(dim: int, *, layout: Layout, eps: float) -> nn.Module:
     """GroupNorm with one group: normalises over (C, H, W) — ShiftViT's and TransXNet's
     "LayerNorm" for channels-first maps."""
+    check_norm("groupnorm", layout)  # over (B, N, C) tokens it would normalise the wrong axes
     return nn.GroupNorm(1, dim, eps=eps)
 
 
@@ -58,11 +59,13 @@ class ChannelBatchNorm(nn.Module):
 
 @_register("batchnorm")
 def batchnorm(dim: int, *, layout: Layout, eps: float) -> nn.Module:
+    """BatchNorm over channels: statistics over batch and positions, in any layout."""
     return nn.BatchNorm2d(dim, eps=eps) if layout == Layout.NCHW else ChannelBatchNorm(dim, eps)
 
 
 @_register("identity")
 def identity(dim: int, *, layout: Layout, eps: float) -> nn.Module:
+    """No normalisation (ablations)."""
     return nn.Identity()
 
 

@@ -43,8 +43,11 @@ class Shift(nn.Module):
             raise ValueError(f"shift: ratio={ratio!r} must be in (0, 1/4] (the fraction of channels "
                              "moved in each of the four directions)")
         if shift_groups(dim, ratio) < 1:
+            smallest = math.ceil((1 - 1e-6) / ratio)  # the smallest dim with floor(dim·ratio + 1e-6) >= 1
+            while shift_groups(smallest, ratio) < 1:  # guard against float rounding in the division
+                smallest += 1
             raise ValueError(f"shift: ratio={ratio:.4g} of dim={dim} moves no channel; use dim >= "
-                             f"{math.ceil(1 / ratio)} or a ratio >= {1 / dim:.4g}")
+                             f"{smallest} or a ratio >= {1 / dim:.4g}")
 
     def extra_repr(self) -> str:
         return f"ratio={self.ratio:.4g}, channels_per_direction={self.g}"
