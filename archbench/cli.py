@@ -454,6 +454,20 @@ def _search_worker(space_path: str, storage: str, study_name: str, total: int, r
                        total, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))])
 
 
+def _check_budget(space) -> None:
+    from archbench.builder import make_spec
+    from archbench.search.study import check_satisfiable
+    from archbench.train.data import load_dataset
+    from archbench.train.run import DATASET_IMG_SIZE
+
+    ds = space.dataset
+    data = load_dataset(ds["name"], ds.get("data_dir"), ds.get("download", False))
+    base = {"img_size": DATASET_IMG_SIZE.get(ds["name"], data.native_size), "in_chans": data.in_chans,
+            "num_classes": data.num_classes, **space.base}
+    space = type(space)(**{**space.__dict__, "base": base})
+    check_satisfiable(space, make_spec(**base))
+
+
 def cmd_search(args) -> int:
     import multiprocessing as mp
 
@@ -469,6 +483,7 @@ def cmd_search(args) -> int:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    _check_budget(space)
     storage = args.storage or default_storage(space, args.results_dir)
     name = args.study or space.name
     study = open_study(space, storage, name)  # fails cleanly on a bad URL, before any worker starts

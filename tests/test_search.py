@@ -18,12 +18,15 @@ def test_shipped_spaces_load():
 
 
 def test_tiny_space_runs_4_trials_quickly_and_resumes(tmp_path, capsys):
-    t0 = time.perf_counter()
     argv = ["search", str(SPACES / "tiny.yaml"), "--trials", "4", "--results-dir", str(tmp_path), "--json"]
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert time.perf_counter() - t0 < 60
     assert first["complete"] + first["pruned"] == 4
+    # seconds per trial: the trials' own time, not process start-up (the whole command takes
+    # about 35 s alone on the 2-core machine; CI runs tests two at a time on those 2 cores)
+    trials = _study_trials(tmp_path)
+    spent = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_complete)
+    assert spent < 40, spent
     # the same command again: nothing repeated; asking for 6 adds exactly 2
     assert main(argv) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -199,3 +202,34 @@ def test_two_workers_on_a_postgresql_storage(tmp_path, capsys, postgres_url):
     # the same command resumes from the server: nothing new
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trials"] == out["trials"]
+
+
+def test_unsatisfiable_constraints_are_refused_before_any_study(tmp_path, capsys):
+    path = _space(tmp_path, """
+        name: impossible
+        base: {mixer: shift, ffn: mlp, dims: 16, depths: 1, img_size: 8}
+        params:
+          dims: {choices: [16, 32]}
+        constraints: {max_params: 100}
+        dataset: {name: digits, limit_train: 200, limit_test: 100}
+        recipe: {epochs: 1, batch_size: 100}
+        """)
+    assert main(["search", str(path), "--trials", "2", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "look unsatisfiable" in err and "closest" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_best_top1_at_an_epoch_reads_finished_trials_only():
+    import optuna
+
+    from archbench.search import study as st
+
+    s = optuna.create_study(directions=["maximize", "minimize"])
+    t = s.ask()
+    t.set_user_attr("history", [{"epoch": 2, "top1": 90.0}])
+    s.tell(t, [90.0, 1.0])
+    assert st._best_top1_at(s, 2) == 90.0 and st._best_top1_at(s, 3) is None
+    running = s.ask()
+    running.set_user_attr("history", [{"epoch": 2, "top1": 99.0}])
+    assert st._best_top1_at(s, 2) == 90.0  # a running trial is not a reference yet

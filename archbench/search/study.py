@@ -19,6 +19,67 @@ import optuna
 
 from archbench.search.space import SearchSpace, apply
 
+# Optuna has no pruner for several objectives. Our early stop for them: from epoch
+# HOPELESS_AFTER on, a trial whose top-1 is more than HOPELESS_MARGIN points below the best
+# finished trial's top-1 at the same epoch is stopped (PRUNED, with the reason). A wide
+# margin, so only clearly dominated trials stop: a cheap model a little less accurate may
+# still be on the Pareto front.
+HOPELESS_AFTER = 2
+HOPELESS_MARGIN = 25.0
+
+
+def _best_top1_at(study: optuna.Study, epoch: int) -> float | None:
+    best = None
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        for e in t.user_attrs.get("history") or []:
+            if e["epoch"] == epoch and (best is None or e["top1"] > best):
+                best = e["top1"]
+    return best
+
+
+def check_satisfiable(space: SearchSpace, base_spec, samples: int = 48, seed: int = 0) -> None:
+    """Refuse a budget that no sampled configuration meets, naming the closest one found.
+
+    Random configurations of the space are built and measured (params exactly; GMACs by
+    fvcore on one image) — cheap next to training, and done once before the study starts."""
+    if not space.constraints:
+        return
+    import random
+
+    from archbench.builder import build_model, make_spec
+    from archbench.measure import count_macs
+
+    rng = random.Random(seed)
+    closest, closest_excess = None, math.inf
+    for _ in range(samples):
+        values = {}
+        for p in space.params:
+            if p.kind == "categorical":
+                values[p.name] = rng.choice(p.choices)
+            elif p.kind == "int":
+                values[p.name] = rng.randint(int(p.low), int(p.high))
+            else:
+                values[p.name] = rng.uniform(float(p.low), float(p.high))
+        try:
+            spec = make_spec(**apply(space, values, base_spec))
+        except ValueError:
+            continue
+        model = build_model(spec)
+        params = sum(x.numel() for x in model.parameters())
+        excess = max(0.0, params / space.constraints.get("max_params", math.inf) - 1)
+        if "max_gmacs" in space.constraints:
+            gmacs = count_macs(model, (1, spec.in_chans, *spec.img_size)).gmacs
+            excess = max(excess, gmacs / space.constraints["max_gmacs"] - 1)
+        if excess <= 0:
+            return
+        if excess < closest_excess:
+            closest, closest_excess = values, excess
+    if closest is None:
+        raise ValueError(f"{space.source}: none of {samples} sampled configurations makes a valid spec")
+    raise ValueError(f"{space.source}: constraints {space.constraints} look unsatisfiable: none of {samples} "
+                     f"sampled configurations meets them; the closest ({closest}) is {closest_excess:.0%} over")
+
+
 def default_storage(space: SearchSpace, results_dir: str | Path = "results/search") -> str:
     path = Path(results_dir) / f"{space.name}.db"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +130,12 @@ def _pruner(space: SearchSpace):
 
 
 def open_study(space: SearchSpace, storage: str | None = None, study_name: str | None = None) -> optuna.Study:
+    import warnings
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's experimental/deprecation notices about its own options say nothing to a user
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
     return optuna.create_study(study_name=study_name or space.name, storage=_storage(storage or default_storage(space)),
                                sampler=_sampler(space), pruner=_pruner(space), directions=space.directions,
                                load_if_exists=True)
@@ -144,6 +210,13 @@ def make_objective(space: SearchSpace, *, device: str = "cpu",
                 trial.report(m[space.objectives[0]], epoch)
                 if trial.should_prune():
                     msg = f"pruned at epoch {epoch} with top-1 {m['top1']:.2f}"
+                    trial.set_user_attr("reason", msg)
+                    raise optuna.TrialPruned(msg)
+            elif "top1" in space.objectives and epoch >= HOPELESS_AFTER:
+                best = _best_top1_at(trial.study, epoch)
+                if best is not None and m["top1"] < best - HOPELESS_MARGIN:
+                    msg = (f"stopped as hopeless at epoch {epoch}: top-1 {m['top1']:.2f} is more than "
+                           f"{HOPELESS_MARGIN:g} points below the best finished trial's {best:.2f} then")
                     trial.set_user_attr("reason", msg)
                     raise optuna.TrialPruned(msg)
 
