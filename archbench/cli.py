@@ -489,10 +489,13 @@ def cmd_search(args) -> int:
     study = open_study(space, storage, name)  # fails cleanly on a bad URL, before any worker starts
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     remaining = args.trials - len(study.get_trials(deepcopy=False, states=done_states))
+    import torch
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
+    # one worker per GPU when there are several: worker i trains on cuda:i (mod the count)
+    devices = [f"cuda:{i % gpus}" if gpus > 1 else args.device for i in range(args.workers)]
     procs = [mp.get_context("spawn").Process(
-        target=_search_worker, args=(str(args.space), storage, name, args.trials, remaining, args.timeout,
-                                     args.device))
-        for _ in range(args.workers if remaining > 0 else 0)]
+        target=_search_worker, args=(str(args.space), storage, name, args.trials, remaining, args.timeout, dev))
+        for dev in (devices if remaining > 0 else [])]
     for p in procs:
         p.start()
     with Progress(transient=True, disable=args.json) as bar:

@@ -62,6 +62,10 @@ def test_constraint_violating_specs_are_never_trained(tmp_path, capsys):
     assert big and small
     assert all(not r["trained"] and r["top1"] is None and "over budget" in r["reason"] for r in big)
     assert all(r["trained"] for r in small if r["state"] == "COMPLETE")
+    for r in small:  # both counters and the provenance in every trained trial's row
+        if r["trained"]:
+            assert r["gmacs_ptflops"] == pytest.approx(r["gmacs"], rel=1e-2)
+            assert json.loads(r["provenance"])["torch"]
 
 
 def test_plot_holds_the_trained_trials(tmp_path, capsys):

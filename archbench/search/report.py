@@ -24,11 +24,13 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             **{f"param_{k}": v for k, v in t.params.items()},
             "mixer": "+".join(dict.fromkeys(s["mixer"] for s in spec["stages"])) if spec else None,
             "ffn": "+".join(dict.fromkeys(s["ffn"] for s in spec["stages"])) if spec else None,
-            "params": ua.get("params"), "gmacs": ua.get("gmacs"), "top1": ua.get("top1"), "top5": ua.get("top5"),
+            "params": ua.get("params"), "gmacs": ua.get("gmacs"), "gmacs_ptflops": ua.get("gmacs_ptflops"),
+            "top1": ua.get("top1"), "top5": ua.get("top5"),
             "throughput": ua.get("throughput"),
             "latency": 1e3 / ua["throughput"] if ua.get("throughput") else None,
             "train_seconds": ua.get("train_seconds"), "history": json.dumps(ua.get("history")),
             "constraint": json.dumps(ua.get("constraint")), "spec": ua.get("spec"),
+            "provenance": json.dumps(ua.get("provenance")),
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
         })
     df = pd.DataFrame(rows)

@@ -181,10 +181,15 @@ def make_objective(space: SearchSpace, *, device: str = "cpu",
             raise optuna.TrialPruned(f"invalid spec: {e}") from None
         model = build_model(spec)
         params = count_params(model).total
-        gmacs = count_macs(model, (1, spec.in_chans, *spec.img_size)).gmacs
+        shape = (1, spec.in_chans, *spec.img_size)
+        gmacs = count_macs(model, shape).gmacs
         trial.set_user_attr("spec", spec.to_json())
         trial.set_user_attr("params", params)
         trial.set_user_attr("gmacs", gmacs)
+        try:  # the second counter, as in every profile row; a failure there is recorded, not fatal
+            trial.set_user_attr("gmacs_ptflops", count_macs(model, shape, backend="ptflops").gmacs)
+        except Exception as e:  # noqa: BLE001
+            trial.set_user_attr("ptflops_error", f"{type(e).__name__}: {e}"[:300])
         violation = {}  # > 0: over budget (Optuna's convention)
         if "max_gmacs" in cons:
             violation["max_gmacs"] = gmacs - cons["max_gmacs"]
@@ -225,7 +230,10 @@ def make_objective(space: SearchSpace, *, device: str = "cpu",
                              seed=space.sampler.get("seed", 0), device=device, callback=report,
                              limit_train=ds.get("limit_train"), limit_test=ds.get("limit_test"))
         trial.set_user_attr("trained", True)
+        trial.set_user_attr("provenance", {k: row[k] for k in ("device", "torch", "timm", "git_commit", "timestamp",
+                                                               "threads") if k in row})
         if row["status"] != "ok":
+            trial.set_user_attr("reason", row["error"])
             raise RuntimeError(row["error"])
         for k in ("top1", "top5", "throughput", "train_throughput", "train_seconds"):
             trial.set_user_attr(k, row[k])
