@@ -66,6 +66,7 @@ def test_constraint_violating_specs_are_never_trained(tmp_path, capsys):
         if r["trained"]:
             assert r["gmacs_ptflops"] == pytest.approx(r["gmacs"], rel=1e-2)
             assert json.loads(r["provenance"])["torch"]
+            assert r["peak_mem_mb"] is not None and r["peak_mem_mb"] >= 0
 
 
 def test_plot_holds_the_trained_trials(tmp_path, capsys):

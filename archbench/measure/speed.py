@@ -59,7 +59,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class _PeakRSS:
+class PeakRSS:
     """Samples the resident set size in a thread; ``peak - baseline`` is the growth."""
 
     def __init__(self):
@@ -142,7 +142,7 @@ def _measure(model, input_size, batch_size, device, dtype, channels_last, compil
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.eval()
-    with _PeakRSS() as rss, torch.inference_mode(), autocast:
+    with PeakRSS() as rss, torch.inference_mode(), autocast:
         t = _times(lambda: run(x), device, warmup, repeats)
         lat = _times(lambda: run(x1), device, warmup, max(repeats * 2, 10))
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak - rss.baseline) / 2 ** 20

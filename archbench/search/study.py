@@ -155,8 +155,11 @@ def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
 
 def make_objective(space: SearchSpace, *, device: str = "cpu",
                    on_trial: Callable[[int, str], None] | None = None) -> Callable[[optuna.Trial], Any]:
+    import torch
+
     from archbench.builder import build_model, make_spec
     from archbench.measure import count_macs, count_params
+    from archbench.measure.speed import PeakRSS
     from archbench.train.data import load_dataset
     from archbench.train.loop import Recipe
     from archbench.train.run import DATASET_IMG_SIZE, run_experiment
@@ -226,9 +229,15 @@ def make_objective(space: SearchSpace, *, device: str = "cpu",
                     raise optuna.TrialPruned(msg)
 
         t0 = time.perf_counter()
-        row = run_experiment(spec, dataset=ds["name"], data_dir=ds.get("data_dir"), recipe=recipe,
-                             seed=space.sampler.get("seed", 0), device=device, callback=report,
-                             limit_train=ds.get("limit_train"), limit_test=ds.get("limit_test"))
+        cuda = device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        with PeakRSS() as rss:  # training's peak memory: CUDA max allocated, or CPU RSS growth
+            row = run_experiment(spec, dataset=ds["name"], data_dir=ds.get("data_dir"), recipe=recipe,
+                                 seed=space.sampler.get("seed", 0), device=device, callback=report,
+                                 limit_train=ds.get("limit_train"), limit_test=ds.get("limit_test"))
+        peak = torch.cuda.max_memory_allocated(device) if cuda else rss.peak - rss.baseline
+        trial.set_user_attr("peak_mem_mb", peak / 2 ** 20)
         trial.set_user_attr("trained", True)
         trial.set_user_attr("provenance", {k: row[k] for k in ("device", "torch", "timm", "git_commit", "timestamp",
                                                                "threads") if k in row})
