@@ -1,175 +1,384 @@
-"""FLOP counting that counts attention: fvcore and ptflops, both reported as MACs.
+"""Multiply-accumulates (MACs) of one forward pass, from two counters that count attention.
 
-Both counters count one multiply-add as one operation (what the papers call FLOPs) and
-follow fvcore's conventions for the rest (a norm costs 5 per element with an affine, an
-eval-mode BatchNorm 2, adaptive average pooling 1 per input element).
-Out of the box neither counts ``F.scaled_dot_product_attention`` (so DeiT-S reads 4.25
-instead of 4.61 GMACs) and ptflops' default backend also misses matmuls and functional
-convolutions. Here both get a handle for the fused attention op that counts what the
-explicit matmuls would: QKᵀ and attn·V, B·h·Nq·Nk·(d_qk + d_v); softmax and scaling count
-zero, as fvcore counts them for the explicit form. ptflops runs with ``backend='aten'``
-(out of the box it counts only mm/addmm/bmm/matmul/convolution: norms and pooling get
-fvcore's costs here, and its bias additions in addmm and convolution are dropped, since a
-bias add is not a multiply-add and fvcore does not count it). The two counters see the
-model differently — fvcore traces TorchScript ops, ptflops intercepts ATen dispatch — so
-they check each other's coverage. Every op a counter saw but did not count is listed
-in ``skipped`` with how often it ran.
+Unit: one multiply-add is one MAC — fvcore's "flop", and what the papers call FLOPs
+(DeiT-S: 4.6 G). ``count_macs(model, shape_or_tensor, backend="fvcore" | "ptflops")``.
+
+Why not the counters as they come
+---------------------------------
+- Neither fvcore nor ptflops counts ``F.scaled_dot_product_attention`` (SDPA), which timm
+  uses by default: fvcore reads DeiT-S as 4.25 instead of 4.61 GMACs. Both counters get a
+  handle here for SDPA and each fused variant it may dispatch to
+  (``_scaled_dot_product_flash_attention_for_cpu``, ``_scaled_dot_product_flash_attention``,
+  ``_scaled_dot_product_efficient_attention``, ``_scaled_dot_product_cudnn_attention``,
+  ``_scaled_dot_product_fused_attention_overrideable``) that counts exactly what the
+  explicit ``q @ k.transpose(-2, -1)`` and ``attn @ v`` count: ``batch · Nq · Nk · (d_qk + d_v)``,
+  batch being the product of the output's leading dimensions (q's, after broadcasting
+  and grouped-query heads). Softmax and scaling count zero, as fvcore counts them in the
+  explicit form; a causal mask does not halve the count (the explicit form does not either).
+  With this, timm models with fused attention on give exactly the number they give with
+  it off (``TIMM_FUSED_ATTN=0``, the reference table's setting).
+- ``nn.MultiheadAttention`` (and ``nn.TransformerEncoderLayer``) in eval mode without
+  gradients take a "fast path", one fused op (``aten::_native_multi_head_attention``)
+  that neither counter counts — projections included. The fast path is switched off
+  while counting (``torch.backends.mha.set_fastpath_enabled``, restored afterwards), so
+  they run as linears + attention and are counted like any other attention.
+- Bicubic resizing (``aten::upsample_bicubic2d``, CrossViT resizes its 240-pixel input to
+  224 for the large-patch branch) is counted at 16 MACs per output element (its 4×4
+  taps, as fvcore counts bilinear at 4 per output). fvcore counts it 0, so CrossViT reads
+  2.4 M MACs (0.13 %) above the reference table, which was taken with fvcore as it comes.
+
+fvcore (``backend="fvcore"``)
+-----------------------------
+``FlopCountAnalysis`` (a TorchScript trace) with the handles above added; everything else
+is fvcore's own cost model: matmuls/linears/convolutions without bias adds, a norm 5 per
+element with an affine (4 without), an eval BatchNorm 2, adaptive average pooling 1 per
+input element, nearest/bilinear upsampling 1/4 per output element. Its warnings are
+silenced; unsupported ops are reported in ``skipped`` instead.
+
+ptflops (``backend="ptflops"``)
+-------------------------------
+``ptflops.get_model_complexity_info(..., backend='aten')``: an ATen ``TorchDispatchMode``
+that, as it comes, counts only ``mm``/``bmm``/``addmm``/``convolution`` — with bias
+additions, which are not multiply-adds — and nothing for norms, pooling or upsampling.
+Through its ``custom_modules_hooks`` it gets here fvcore's cost model, op for op (bias
+adds dropped, norms and BatchNorm per element, ``_adaptive_avg_pool2d``, upsampling,
+``grid_sampler_2d``) plus the handles above, so the two counters differ only in what they
+see (a trace of TorchScript ops versus the ATen ops actually dispatched), which is what
+makes them a check on each other. Known difference: ``adaptive_avg_pool2d`` to 1×1
+reaches ATen as ``mean``, which ptflops therefore counts 0 where fvcore counts one per
+input element (C·H·W, ~1e-5 of a model).
+
+ptflops itself reports neither which ops it skipped (only as printed warnings with
+``verbose=True``) nor per-module numbers (only printed, for top-level children), swallows
+exceptions (prints them and returns ``None``) and leaves forward hooks on the model's
+children. So: a second dispatch mode around ptflops' records every op dispatched (the
+ones ptflops counts are exactly those with a hook), every hook is wrapped to record its
+op and the modules it ran in (``by_module``), the sum of the wrapped hooks is checked
+against ptflops' total, the model is handed to ptflops inside a wrapper without
+registered children (so nothing is left hooked on it), and a failure re-raises the
+model's own exception.
+
+What ``skipped`` holds
+----------------------
+``unsupported`` lists every op a counter saw and did not count (fvcore: what it reports as
+unsupported — it never reports the shape/copy ops on its own ignore list; ptflops: every
+dispatched op without a hook), with how many times. ``skipped`` is the same list without
+the ops in ``ZERO_MAC_OPS``, which do no multiply-accumulate: data movement, shape and
+creation ops; elementwise arithmetic, activations and softmax (counted 0 by the MAC
+convention, in fvcore and in the papers, so that a fused elementwise op such as
+``addcmul`` costs what its unfused spelling costs); and pure reductions (sum, mean,
+average pooling, fold's overlap-add), which only add. Whatever else shows up in
+``skipped`` — an unknown op, a vector norm, an antialiased resize — is compute the count
+is missing. Ops handled above never appear in either list.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+
+from archbench.measure.params import component_role
 
 
 @dataclass(frozen=True)
 class MacCount:
     """Multiply-accumulates of one forward pass, from one counter."""
 
-    total: float
+    total: int | float  # MACs
     backend: str
-    skipped: dict[str, int] = field(default_factory=dict)  # op → calls not counted
-    by_module: dict[str, float] = field(default_factory=dict)  # top-level module → MACs
-    by_op: dict[str, float] = field(default_factory=dict)
-    by_part: dict[str, float] = field(default_factory=dict)  # token_mixer / ffn / rest (fvcore)
+    skipped: dict[str, int] = field(default_factory=dict)  # op → calls not counted that may cost MACs
+    by_module: dict[str, float] = field(default_factory=dict)  # module name → MACs inside it ("" = total)
+    unsupported: dict[str, int] = field(default_factory=dict)  # every op seen and not counted → calls
+    by_op: dict[str, float] = field(default_factory=dict)  # op (as the counter names it) → MACs
+    by_part: dict[str, float] = field(default_factory=dict)  # token_mixer / ffn / rest
 
     @property
     def gmacs(self) -> float:
         return self.total / 1e9
 
 
-def _sdpa_macs(q_shape: Sequence[int], k_shape: Sequence[int], v_shape: Sequence[int]) -> int:
-    *lead, nq, d = q_shape
-    nk, dv = k_shape[-2], v_shape[-1]
-    return math.prod(lead) * nq * nk * (d + dv)
+# --------------------------------------------------------------------------- cost model
+
+SDPA_OPS = ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+            "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_fused_attention_overrideable")
+BICUBIC_TAPS = 16  # MACs per output element of aten::upsample_bicubic2d
 
 
-# ops that cost no multiply-adds, left out of ``skipped`` so it lists only real omissions
-FREE_OPS = {
-    "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div", "aten::neg", "aten::zeros_like",
-    "aten::empty_like", "aten::copy_", "aten::fill_", "aten::zero_", "aten::softmax", "aten::gelu", "aten::relu",
-    "aten::relu_", "aten::silu", "aten::dropout", "aten::cat", "aten::chunk", "aten::split", "aten::split_with_sizes",
-    "aten::expand", "aten::reshape", "aten::view", "aten::permute", "aten::transpose", "aten::flatten",
-    "aten::unbind", "aten::slice", "aten::select", "aten::contiguous", "aten::unsqueeze", "aten::squeeze",
-    "aten::size", "aten::mean", "aten::sum", "aten::max", "aten::rsub", "aten::addcmul", "aten::im2col",
-    "aten::col2im", "aten::unfold", "aten::fold", "aten::avg_pool2d", "aten::zeros", "aten::ones", "aten::full",
-    "aten::clone", "aten::detach", "aten::upsample_bicubic2d", "aten::pad", "aten::constant_pad_nd",
-    "aten::new_zeros", "aten::stack", "aten::to", "aten::type_as", "aten::scalarimplicit", "aten::int",
-    "aten::floordiv", "aten::numtensor", "aten::list", "aten::tensor", "aten::empty", "aten::arange",
-    "aten::t", "aten::lift_fresh", "aten::_unsafe_view", "aten::_softmax", "aten::_safe_softmax", "aten::alias",
-}
+def sdpa_macs(q: Sequence[int], k: Sequence[int], v: Sequence[int], out: Sequence[int] | None = None) -> int:
+    """QKᵀ + attn·V of an SDPA call from its shapes: q (..., Nq, d), k (..., Nk, d),
+    v (..., Nk, dv), out (..., Nq, dv). The batch is the product of the output's leading
+    dims (q's broadcast with k's, grouped-query heads expanded), q's if out is unknown."""
+    lead = out[:-2] if out is not None and len(out) == len(q) else q[:-2]
+    return math.prod(lead) * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
-def _fvcore_analysis(model: nn.Module, x: torch.Tensor):
-    """fvcore's FlopCountAnalysis with the fused-attention handles, warnings silenced."""
-    from fvcore.nn import FlopCountAnalysis
-    from fvcore.nn.jit_handles import get_shape
+# ops that do no multiply-accumulate (see the module docstring); names without "aten::"
+# and without the in-place "_"
+_DATA_OPS = """
+view _unsafe_view reshape _reshape_alias as_strided alias permute transpose t expand expand_as
+contiguous clone copy _to_copy to type_as detach lift_fresh flatten unflatten squeeze unsqueeze select
+slice narrow index index_select gather masked_fill where cat stack split split_with_sizes chunk unbind
+roll flip repeat repeat_interleave tile pad constant_pad_nd reflection_pad1d reflection_pad2d replication_pad1d
+replication_pad2d im2col unfold pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle
+empty empty_like empty_strided zeros zeros_like ones ones_like full full_like new_zeros new_empty
+new_full new_ones arange scalar_tensor fill zero tril triu size numel Int ScalarImplicit NumToTensor
+list tensor dropout feature_dropout alpha_dropout eq ne lt le gt ge floor_divide floordiv remainder
+max min amax amin argmax argmin max_pool1d max_pool2d max_pool2d_with_indices adaptive_max_pool2d
+""".split()
+_ELEMENTWISE_OPS = """
+add sub rsub mul div neg reciprocal addcmul addcdiv pow sqrt rsqrt exp log abs sign clamp clamp_min
+clamp_max lerp erf relu relu6 gelu silu sigmoid tanh hardswish hardsigmoid hardtanh leaky_relu elu
+mish softplus softmax _softmax _safe_softmax log_softmax _log_softmax
+""".split()
+_REDUCTION_OPS = "sum mean cumsum avg_pool1d avg_pool2d avg_pool3d col2im fold".split()
+ZERO_MAC_OPS = frozenset(_DATA_OPS + _ELEMENTWISE_OPS + _REDUCTION_OPS)
+
+
+def _base(op: str) -> str:
+    name = op.split("::")[-1]
+    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
+
+
+def _may_cost(op: str) -> bool:
+    return _base(op) not in ZERO_MAC_OPS
+
+
+def _by_part(by_module: dict[str, float], total: float) -> dict[str, float]:
+    """MACs of the outermost modules named as token mixers / FFNs (see params.ROLES)."""
+    parts = {"token_mixer": 0.0, "ffn": 0.0}
+    for name, macs in by_module.items():
+        comps = name.split(".") if name else []
+        if comps and component_role(comps[-1]) in parts and not any(map(component_role, comps[:-1])):
+            parts[component_role(comps[-1])] += float(macs)
+    return {**parts, "rest": float(total) - parts["token_mixer"] - parts["ffn"]}
+
+
+def _number(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else float(x)
+
+
+# --------------------------------------------------------------------------- fvcore
+
+def _import_fvcore():
+    with warnings.catch_warnings():  # importing fvcore.nn scripts a loss: torch.jit.script's deprecation
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis, jit_handles
+    return FlopCountAnalysis, jit_handles
+
+
+def _fvcore_handles() -> dict[str, Callable]:
+    _, jit_handles = _import_fvcore()
+    elementwise_flop_counter, get_shape = jit_handles.elementwise_flop_counter, jit_handles.get_shape
 
     def sdpa(inputs: list, outputs: list) -> int:
-        return _sdpa_macs(get_shape(inputs[0]), get_shape(inputs[1]), get_shape(inputs[2]))
+        q, k, v = (get_shape(t) for t in inputs[:3])
+        return sdpa_macs(q, k, v, get_shape(outputs[0]))
 
-    fca = FlopCountAnalysis(model, x)
-    for op in ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
-               "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_flash_attention"):
-        fca.set_op_handle(op, sdpa)
-    fca.tracer_warnings("none").uncalled_modules_warnings(False).unsupported_ops_warnings(False)
-    return fca
+    return {**{f"aten::{op}": sdpa for op in SDPA_OPS},
+            "aten::upsample_bicubic2d": elementwise_flop_counter(0, BICUBIC_TAPS)}
 
 
 def _fvcore(model: nn.Module, x: torch.Tensor) -> MacCount:
+    FlopCountAnalysis, _ = _import_fvcore()
+    fca = FlopCountAnalysis(model, x)
+    for op, handle in _fvcore_handles().items():
+        fca.set_op_handle(op, handle)
+    fca.tracer_warnings("none").uncalled_modules_warnings(False).unsupported_ops_warnings(False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fvcore's tracer warnings say nothing about the count
-        fca = _fvcore_analysis(model, x)
+        warnings.simplefilter("ignore")  # what is left (deprecations in the tracer) says nothing about the count
         total = fca.total()
-    skipped = {k: v for k, v in fca.unsupported_ops().items() if k.lower() not in FREE_OPS}
-    modules = fca.by_module()
-    by_module = {k: float(v) for k, v in modules.items() if k and "." not in k}
-    # blocks name their parts ``mixer`` and ``ffn``; those subtrees never nest in each other
-    mixer = float(sum(v for k, v in modules.items() if k.endswith("mixer")))
-    ffn = float(sum(v for k, v in modules.items() if k.endswith("ffn")))
-    return MacCount(float(total), "fvcore", dict(sorted(skipped.items())), by_module,
-                    {k: float(v) for k, v in fca.by_operator().items()},
-                    {"token_mixer": mixer, "ffn": ffn, "rest": float(total) - mixer - ffn})
+    unsupported = dict(sorted(fca.unsupported_ops().items()))
+    by_module = {k: float(v) for k, v in fca.by_module().items()}
+    return MacCount(total=_number(total), backend="fvcore",
+                    skipped={k: v for k, v in unsupported.items() if _may_cost(k)},
+                    by_module=by_module, unsupported=unsupported,
+                    by_op={k: float(v) for k, v in fca.by_operator().items()},
+                    by_part=_by_part(by_module, total))
+
+
+# --------------------------------------------------------------------------- ptflops
+
+def _ptflops_costs() -> dict[Any, Callable[[tuple, tuple], int]]:
+    """ATen op → MACs(args, outputs): fvcore's cost model for what ptflops dispatches."""
+    aten = torch.ops.aten
+
+    def addmm(a: tuple, o: tuple) -> int:  # bias, x (n, k), w (k, m): no bias adds
+        return a[1].shape[0] * a[1].shape[1] * a[2].shape[1]
+
+    def conv(a: tuple, o: tuple) -> int:  # x, w, bias, stride, padding, dilation, transposed, ...
+        x, w, transposed = a[0], a[1], a[6]
+        return x.shape[0] * math.prod(w.shape) * math.prod((x if transposed else o[0]).shape[2:])
+
+    def norm(affine_index: int) -> Callable:  # fvcore's norm_flop_counter
+        def count(a: tuple, o: tuple) -> int:
+            affine = len(a) > affine_index and a[affine_index] is not None
+            return a[0].numel() * (5 if affine else 4)
+        return count
+
+    def batch_norm(training_index: int) -> Callable:  # fvcore's batchnorm_flop_jit
+        def count(a: tuple, o: tuple) -> int:
+            affine = a[1] is not None
+            if training_index >= 0 and a[training_index]:
+                return a[0].numel() * (5 if affine else 4)
+            return a[0].numel() * (2 if affine else 1)
+        return count
+
+    def legit(a: tuple, o: tuple) -> int:  # _native_batch_norm_legit: with or without running stats
+        return batch_norm(5 if len(a) == 8 else 3)(a, o)
+
+    def per_output(scale: int) -> Callable:
+        return lambda a, o: o[0].numel() * scale
+
+    def sdpa(a: tuple, o: tuple) -> int:
+        return sdpa_macs(a[0].shape, a[1].shape, a[2].shape, o[0].shape)
+
+    costs: dict[str, Callable] = {
+        "addmm": addmm, "convolution": conv, "_convolution": conv,
+        "native_layer_norm": norm(2), "native_group_norm": norm(1),
+        "native_batch_norm": batch_norm(5), "cudnn_batch_norm": batch_norm(5), "_native_batch_norm_legit": legit,
+        "_native_batch_norm_legit_no_training": batch_norm(-1),
+        "_adaptive_avg_pool2d": lambda a, o: a[0].numel(),
+        "upsample_nearest2d": per_output(1), "upsample_bilinear2d": per_output(4),
+        "upsample_bicubic2d": per_output(BICUBIC_TAPS), "grid_sampler_2d": per_output(4),
+        **{op: sdpa for op in SDPA_OPS},
+    }
+    return {getattr(aten, k): v for k, v in costs.items() if hasattr(aten, k)}
+
+
+def _op_name(packet: Any) -> str:
+    return getattr(packet, "_qualified_op_name", None) or f"aten::{getattr(packet, '__name__', packet)}"
+
+
+class _Unhooked(nn.Module):
+    """Calls the model without registering it as a child: ptflops hooks every child of the
+    module it is given and never removes those hooks. Keeps the model's own exception."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "inner", model)
+        self.error: BaseException | None = None
+
+    def forward(self, x: torch.Tensor) -> Any:
+        try:
+            return self.inner(x)
+        except BaseException as e:  # ptflops swallows it; count_macs re-raises it
+            self.error = e
+            raise
 
 
 def _ptflops(model: nn.Module, x: torch.Tensor) -> MacCount:
-    from ptflops.aten_engine import FlopCounterMode
+    from ptflops import get_model_complexity_info
+    from ptflops.aten_ops import ATEN_OPS_MAPPING
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    aten = torch.ops.aten
+    by_op: Counter = Counter()
+    by_module: Counter = Counter()
+    stack: list[str] = []
 
-    def sdpa(args: tuple, out: tuple) -> int:
-        return _sdpa_macs(args[0].shape, args[1].shape, args[2].shape)
+    def recorded(packet: Any, cost: Callable) -> Callable:
+        name = _op_name(packet)
 
-    def addmm(args: tuple, out: tuple) -> int:  # bias adds are not multiply-adds
-        return math.prod(args[1].shape) * args[2].shape[-1]
+        def hook(args: tuple, out: tuple) -> int:
+            n = cost(args, out)
+            by_op[name] += n
+            for m in dict.fromkeys(stack):  # a module on the stack twice (recursion) counts once
+                by_module[m] += n
+            return n
+        return hook
 
-    def conv(args: tuple, out: tuple) -> int:
-        x, w, transposed = args[0], args[1], args[6]
-        return x.shape[0] * math.prod(w.shape) * math.prod((x if transposed else out[0]).shape[2:])
+    costs = {**ATEN_OPS_MAPPING, **_ptflops_costs()}  # ptflops' own mm/bmm, ours for the rest
+    hooks = {packet: recorded(packet, cost) for packet, cost in costs.items()}
 
-    def norm(affine_index: int, eval_bn: bool = False):
-        def count(args: tuple, out: tuple) -> int:  # fvcore's conventions for norms
-            affine = len(args) > affine_index and args[affine_index] is not None
-            if eval_bn and not args[5]:  # native_batch_norm(..., training, ...) in eval
-                return args[0].numel() * (2 if affine else 1)
-            return args[0].numel() * (5 if affine else 4)
-        return count
+    class Seen(TorchDispatchMode):  # runs under ptflops' mode: sees every op it dispatches
+        def __init__(self):
+            super().__init__()
+            self.ops: Counter = Counter()
 
-    def bn_eval(args: tuple, out: tuple) -> int:
-        return args[0].numel() * (2 if args[1] is not None else 1)
-
-    hooks = {aten.addmm: addmm, aten.convolution: conv, aten._convolution: conv,
-             aten.native_batch_norm: norm(1, eval_bn=True), aten.native_layer_norm: norm(2),
-             aten.native_group_norm: norm(1), aten._adaptive_avg_pool2d: lambda a, o: a[0].numel()}
-    if hasattr(aten, "_native_batch_norm_legit_no_training"):
-        hooks[aten._native_batch_norm_legit_no_training] = bn_eval
-    hooks.update({getattr(aten, n): sdpa for n in (
-        "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
-        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
-        "_scaled_dot_product_cudnn_attention") if hasattr(aten, n)})
-    skipped: Counter = Counter()
-
-    class Mode(FlopCounterMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            packet = func._overloadpacket
-            if packet not in self.all_ops:
-                name = f"aten::{packet.__name__}"
-                if name.lower() not in FREE_OPS:
-                    skipped[name] += 1
-            return super().__torch_dispatch__(func, types, args, kwargs)
+            self.ops[func._overloadpacket] += 1
+            return func(*args, **(kwargs or {}))
 
-    mode = Mode(None, verbose=False, print_per_layer_stat=False,
-                output_params={"print_params": {}, "serialize_params": {}}, custom_hooks=hooks)
-    with mode:
-        model(x)
-    by_op = {f"aten::{k.__name__}": float(v) for k, v in mode.flop_counts["Global"].items()}
-    return MacCount(float(mode.complexity), "ptflops", dict(sorted(skipped.items())), {}, by_op)
+    def enter(name: str) -> Callable:
+        def pre_hook(module: nn.Module, args: Any) -> None:
+            stack.append(name)
+        return pre_hook
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        stack.pop()
+
+    handles = []
+    for name, mod in model.named_modules():
+        handles.append(mod.register_forward_pre_hook(enter(name)))
+        handles.append(mod.register_forward_hook(leave, always_call=True))
+    call = _Unhooked(model)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with Seen() as seen, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            macs, _ = get_model_complexity_info(
+                call, tuple(x.shape), print_per_layer_stat=False, as_strings=False,
+                input_constructor=lambda _: x, ost=out, verbose=False, custom_modules_hooks=hooks,
+                backend="aten")
+    finally:
+        for h in handles:
+            h.remove()
+    if call.error is not None:
+        raise call.error
+    if macs is None:
+        raise RuntimeError(f"ptflops failed:\n{out.getvalue()}{err.getvalue()}".strip())
+    sys.stdout.write(out.getvalue())  # whatever the model printed
+    sys.stderr.write(err.getvalue())
+    if macs != sum(by_op.values()):
+        raise RuntimeError(f"ptflops counted {macs} MACs but its hooks {sum(by_op.values())}: "
+                           "ptflops' aten backend has changed; archbench.measure.flops needs a look")
+    unsupported = dict(sorted(Counter({_op_name(p): n for p, n in seen.ops.items() if p not in hooks}).items()))
+    by_module_f = {k: float(v) for k, v in by_module.items()}
+    return MacCount(total=_number(macs), backend="ptflops",
+                    skipped={k: v for k, v in unsupported.items() if _may_cost(k)},
+                    by_module=by_module_f, unsupported=unsupported,
+                    by_op={k: float(v) for k, v in sorted(by_op.items())},
+                    by_part=_by_part(by_module_f, macs))
 
 
-BACKENDS = {"fvcore": _fvcore, "ptflops": _ptflops}
+# --------------------------------------------------------------------------- entry point
+
+BACKENDS: dict[str, Callable[[nn.Module, torch.Tensor], MacCount]] = {"fvcore": _fvcore, "ptflops": _ptflops}
 
 
-def count_macs(model: nn.Module, inputs: torch.Tensor | Sequence[int] = (1, 3, 224, 224), *,
+def count_macs(model: nn.Module, input_shape: torch.Tensor | Sequence[int] = (1, 3, 224, 224), *,
                backend: str = "fvcore") -> MacCount:
-    """MACs of one forward pass of ``model`` on ``inputs`` (a tensor or an input shape),
-    in eval mode without gradients; the model's training flag is restored."""
+    """MACs of one forward pass of ``model`` on ``input_shape`` — a shape, batch included
+    (a random input is made on the model's device and dtype), or an input tensor.
+
+    Runs in eval mode under ``torch.no_grad`` with PyTorch's fused-MHA fast path off, and
+    restores every module's training flag and the fast-path setting afterwards. ``backend``:
+    ``"fvcore"`` or ``"ptflops"`` (see the module docstring for what each counts)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown FLOP counter {backend!r}; known: {', '.join(BACKENDS)}")
-    if isinstance(inputs, torch.Tensor):
-        x = inputs
+    if isinstance(input_shape, torch.Tensor):
+        x = input_shape
     else:
-        p = next(model.parameters(), None)
-        x = torch.randn(*inputs, device=p.device if p is not None else "cpu",
-                        dtype=p.dtype if p is not None else torch.float32)
-    was_training = model.training
+        ref = next(model.parameters(), None)
+        if ref is None:
+            ref = next(model.buffers(), None)
+        x = torch.randn(*input_shape, device=ref.device if ref is not None else "cpu",
+                        dtype=ref.dtype if ref is not None and ref.is_floating_point() else torch.float32)
+    training = [(m, m.training) for m in model.modules()]  # per module: a frozen BN stays in eval
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad():
             return BACKENDS[backend](model, x)
     finally:
-        model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for m, flag in training:
+            m.training = flag
