@@ -98,6 +98,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--macro-opt", action="append", metavar="KEY=VALUE", help="macro option, e.g. downsample=conv")
 
 
+def add_train_args(r: argparse.ArgumentParser) -> None:
+    """Dataset and recipe flags, shared by run, ablate and study."""
+    r.add_argument("--dataset", default="digits", help="digits (embedded, default) | cifar10 | cifar100 | imagefolder")
+    r.add_argument("--data-dir", help="dataset root (cifar*: torchvision's folder; imagefolder: train/ + val/)")
+    r.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100 to --data-dir")
+    r.add_argument("--epochs", type=int, help="default: 15 on digits, 30 elsewhere")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--lr", type=float, default=2e-3)
+    r.add_argument("--weight-decay", type=float, default=0.05)
+    r.add_argument("--warmup", type=float, default=2.0, help="warm-up epochs")
+    r.add_argument("--label-smoothing", type=float, default=0.1)
+    r.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
+    r.add_argument("--no-augment", action="store_true", help="no random crops or flips")
+    r.add_argument("--limit-train", type=int, help="train on a class-balanced subset of this many images")
+    r.add_argument("--limit-test", type=int, help="evaluate on a class-balanced subset of this many images")
+
+
 SHORTHAND_FLAGS = ("macro", "mixer", "ffn", "depths", "dims", "heads", "mlp_ratio", "patch_size",
                    "img_size", "in_chans", "num_classes")
 
@@ -139,11 +156,18 @@ def spec_from_args(args: argparse.Namespace):
             return override_spec(entry.make(), **changes) if changes else entry.make()
         except ValueError as e:
             raise ValueError(f"{entry.name}: {e}") from None
-    if macro_opts:
-        fields["options"] = macro_opts
-    return make_spec(**shorthand, **fields,
-                     **({"mixer_options": mixer_opts} if mixer_opts else {}),
-                     **({"ffn_options": ffn_opts} if ffn_opts else {}))
+    return make_spec(**shorthand_from_args(args))
+
+
+def shorthand_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec flags (no --model/--spec) as the builder's shorthand dict."""
+    kw = {k: getattr(args, k) for k in SHORTHAND_FLAGS if getattr(args, k) is not None}
+    kw.update(_pairs(args.set, "--set"))
+    for flag, key in (("mixer_opt", "mixer_options"), ("ffn_opt", "ffn_options"), ("macro_opt", "options")):
+        opts = _pairs(getattr(args, flag), f"--{flag.replace('_', '-')}")
+        if opts:
+            kw[key] = opts
+    return kw
 
 
 def _cuda() -> bool:
@@ -317,14 +341,10 @@ def cmd_profile(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    from archbench.results import append_rows
-    from archbench.train.data import load_dataset
+def recipe_from_args(args):
+    """The training recipe the flags ask for (per-dataset epochs when --epochs is not given)."""
     from archbench.train.loop import Recipe
-    from archbench.train.run import DATASET_EPOCHS, DATASET_IMG_SIZE, DEFAULT_EPOCHS, run_experiment
+    from archbench.train.run import DATASET_EPOCHS, DEFAULT_EPOCHS
 
     if args.epochs is None:
         args.epochs = DATASET_EPOCHS.get(args.dataset, DEFAULT_EPOCHS)
@@ -332,6 +352,14 @@ def cmd_run(args) -> int:
                     warmup_epochs=args.warmup, label_smoothing=args.label_smoothing, clip_grad=args.clip_grad,
                     augment=not args.no_augment)
     recipe.check()
+    return recipe
+
+
+def data_into_args(args):
+    """Load the dataset; its input size, channels and classes fill the model flags left open."""
+    from archbench.train.data import load_dataset
+    from archbench.train.run import DATASET_IMG_SIZE
+
     data = load_dataset(args.dataset, args.data_dir, args.download)
     if args.spec is None:  # the dataset fills in what the flags leave open
         if args.model is None and args.img_size is None:
@@ -340,6 +368,18 @@ def cmd_run(args) -> int:
             args.in_chans = data.in_chans
         if args.num_classes is None:
             args.num_classes = data.num_classes
+    return data
+
+
+def cmd_run(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from archbench.results import append_rows
+    from archbench.train.run import run_experiment
+
+    recipe = recipe_from_args(args)
+    data = data_into_args(args)
     spec = spec_from_args(args)
     if spec.in_chans != data.in_chans:
         raise UsageError(f"the model takes {spec.in_chans} input channels but {data.name} images have "
@@ -618,19 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train a model on a dataset and record its accuracy, size and speed")
     add_model_args(r)
-    r.add_argument("--dataset", default="digits", help="digits (embedded, default) | cifar10 | cifar100 | imagefolder")
-    r.add_argument("--data-dir", help="dataset root (cifar*: torchvision's folder; imagefolder: train/ + val/)")
-    r.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100 to --data-dir")
-    r.add_argument("--epochs", type=int, help="default: 15 on digits, 30 elsewhere")
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--lr", type=float, default=2e-3)
-    r.add_argument("--weight-decay", type=float, default=0.05)
-    r.add_argument("--warmup", type=float, default=2.0, help="warm-up epochs")
-    r.add_argument("--label-smoothing", type=float, default=0.1)
-    r.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
-    r.add_argument("--no-augment", action="store_true", help="no random crops or flips")
-    r.add_argument("--limit-train", type=int, help="train on a class-balanced subset of this many images")
-    r.add_argument("--limit-test", type=int, help="evaluate on a class-balanced subset of this many images")
+    add_train_args(r)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cuda" if _cuda() else "cpu")
     r.add_argument("--out", default="results/runs", help="results table stem ('' to keep none)")
@@ -674,6 +702,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             q.add_argument("--json", action="store_true")
         q.set_defaults(func=fn)
+
+    from archbench.ablate.cli import add_ablate_parser
+    add_ablate_parser(sub, add_model_args, add_train_args, "cuda" if _cuda() else "cpu")
+    from archbench.studies.cli import add_study_parser
+    add_study_parser(sub, add_train_args, "cuda" if _cuda() else "cpu")
 
     m = sub.add_parser("models", help="list the published models (the zoo)")
     m.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'shiftvit_*'")

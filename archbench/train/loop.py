@@ -76,22 +76,36 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def augment(x: torch.Tensor, *, flip: bool, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, *, flip: bool, gen: torch.Generator | None = None,
+            offsets: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
     """Random crop after zero padding (4 px at 32 px, scaled with size) and horizontal flip,
-    per image, on a whole float batch."""
+    per image, on a whole float batch. ``offsets`` (dy, dx, flip mask), drawn ahead by
+    :func:`draw_offsets`, replace the draws from ``gen``."""
     B, C, H, W = x.shape
-    pad = max(1, round(4 * min(H, W) / 32))
+    pad = crop_pad(H, W)
+    if offsets is None:
+        offsets = draw_offsets(B, pad, flip, gen)
+    dy, dx, mask = offsets
     xp = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
-    rows = (dy[:, None] + torch.arange(H)[None]).to(x.device)  # (B, H)
-    cols = (dx[:, None] + torch.arange(W)[None]).to(x.device)  # (B, W)
+    rows = (dy[:, None] + torch.arange(H, device=dy.device)[None]).to(x.device)  # (B, H)
+    cols = (dx[:, None] + torch.arange(W, device=dx.device)[None]).to(x.device)  # (B, W)
     out = xp[torch.arange(B, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     out = out.permute(0, 3, 1, 2)  # advanced indexing put channels last: (B, H, W, C) → (B, C, H, W)
     if flip:
-        mask = (torch.rand(B, generator=gen) < 0.5).to(x.device)
-        out = torch.where(mask[:, None, None, None], out.flip(-1), out)
+        out = torch.where(mask.to(x.device)[:, None, None, None], out.flip(-1), out)
     return out
+
+
+def crop_pad(h: int, w: int) -> int:
+    return max(1, round(4 * min(h, w) / 32))
+
+
+def draw_offsets(n: int, pad: int, flip: bool, gen: torch.Generator | None):
+    """Crop offsets and flip mask for ``n`` images (in the order :func:`augment` draws them)."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    mask = (torch.rand(n, generator=gen) < 0.5) if flip else None
+    return dy, dx, mask
 
 
 def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -156,41 +170,63 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, *, seed: int = 0, dev
     std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
     hist = History()
     step = 0
+    # on a GPU: the (uint8) training set lives on the device, and the loss is read back only
+    # every `sync_every` steps, so the host never waits on each step (small models are
+    # launch-bound); a NaN is then caught within that many steps
+    sync_every = 1 if device.type == "cpu" else 25
+    train_x, train_y = data.train.x, data.train.y
+    if device.type == "cuda":
+        train_x, train_y = train_x.to(device), train_y.to(device)
     for epoch in range(recipe.epochs):
         model.train()
         perm = torch.randperm(n, generator=gen)
+        ahead = None
+        if device.type == "cuda":  # one host→device copy per epoch, not several per step
+            perm = perm.to(device)
+            if recipe.augment:
+                ahead = [t if t is None else t.to(device) for t in
+                         draw_offsets(n, crop_pad(*train_x.shape[-2:]), data.flip, gen)]
         t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen = torch.zeros((), device=device), 0
+        pending_loss = []
         for i in range(steps_per_epoch):
-            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            xb, yb = data.train.x[idx].to(device), data.train.y[idx].to(device)
+            sl = slice(i * recipe.batch_size, (i + 1) * recipe.batch_size)
+            idx = perm[sl]
+            xb, yb = train_x[idx].to(device), train_y[idx].to(device)
             xb = _normalise(xb, mean, std)
             if recipe.augment:
-                xb = augment(xb, flip=data.flip, gen=gen)
+                xb = augment(xb, flip=data.flip, gen=gen,
+                             offsets=None if ahead is None else (ahead[0][sl], ahead[1][sl],
+                                                                 None if ahead[2] is None else ahead[2][sl]))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
-            if not torch.isfinite(loss):
-                raise Diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                               f"try a lower --lr (now {recipe.lr:g})")
+            pending_loss.append(loss.detach())
+            if (i + 1) % sync_every == 0 or i + 1 == steps_per_epoch:
+                recent = torch.stack(pending_loss)
+                if not bool(torch.isfinite(recent).all()):
+                    bad = int((~torch.isfinite(recent)).nonzero()[0, 0])
+                    raise Diverged(f"loss became {recent[bad].item()} at epoch {epoch + 1}, step "
+                                   f"{i + 2 - len(pending_loss) + bad}; try a lower --lr (now {recipe.lr:g})")
+                pending_loss = []
+                if on_step:
+                    on_step(epoch, i, float(recent[-1]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
             opt.step()
             step += 1
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss.detach() * len(idx)
             seen += len(idx)
-            if on_step:
-                on_step(epoch, i, loss.item())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         hist.train_seconds += seconds
         hist.train_images += seen
-        metrics = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_throughput": seen / seconds,
+        metrics = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_throughput": seen / seconds,
                    "epoch_seconds": seconds, "lr": lr_at(step - 1),
                    **evaluate(model, data, device=device, batch_size=recipe.eval_batch_size, autocast=use_amp)}
         hist.epochs.append(metrics)

@@ -1,0 +1,175 @@
+"""Budget matching: give an arm the base arm's GMACs (or parameters) by changing its depth
+(as ShiftViT did: the saved budget goes into more blocks) or its width.
+
+Depth: a block's cost is the same for every block of a stage, so the cost is linear in the
+per-stage depths; one build per stage gives the slopes, every depth vector in a box is
+scored at once, and the best candidates are built and counted exactly. Among vectors within
+the tolerance the one closest to a uniform scaling of the base's depths wins (the paper's
+r2 models scale all stages). Width: a bisection on one multiplier of every stage's width
+(kept divisible by the stage's heads), then the neighbours, each counted exactly.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from archbench.spec import ArchSpec
+
+METRICS = ("gmacs", "params")
+ADJUST = ("depth", "width")
+
+
+class BudgetError(ValueError):
+    """No depth/width meets the budget within the tolerance (the message names the closest)."""
+
+
+@dataclass(frozen=True)
+class Cost:
+    params: int
+    gmacs: float
+
+    def get(self, metric: str) -> float:
+        return float(self.params if metric == "params" else self.gmacs)
+
+
+def measure(spec: ArchSpec) -> Cost:
+    """Parameters and fvcore GMACs of the built model (one image of the spec's size)."""
+    import torch
+
+    from archbench.builder import build_model
+    from archbench.measure import count_macs, count_params
+
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(spec).eval()
+    return Cost(count_params(model).total, count_macs(model, (1, spec.in_chans, *spec.img_size)).gmacs)
+
+
+@dataclass
+class Match:
+    """How an arm was matched: what changed and how close it landed."""
+
+    metric: str
+    adjust: str
+    target: float
+    value: float
+    before: dict = field(default_factory=dict)  # depths/dims before
+    after: dict = field(default_factory=dict)
+
+    @property
+    def rel_error(self) -> float:
+        return (self.value - self.target) / self.target if self.target else 0.0
+
+    def describe(self) -> str:
+        key = "depths" if self.adjust == "depth" else "dims"
+        b, a = self.before.get(key), self.after.get(key)
+        change = f"{key} {'-'.join(map(str, b))} → {'-'.join(map(str, a))}" if b != a else f"{key} unchanged"
+        return f"{change}; {self.metric} {_fmt(self.metric, self.value)} vs {_fmt(self.metric, self.target)} ({self.rel_error:+.1%})"
+
+
+def _fmt(metric: str, v: float) -> str:
+    return f"{v / 1e6:.3f} M" if metric == "params" else f"{v:.4f} G"
+
+
+def _with_depths(spec: ArchSpec, depths) -> ArchSpec:
+    return spec.replace(stages=tuple(st.replace(depth=int(d)) for st, d in zip(spec.stages, depths)))
+
+
+def _with_dims(spec: ArchSpec, dims) -> ArchSpec:
+    return spec.replace(stages=tuple(st.replace(dim=int(d)) for st, d in zip(spec.stages, dims)))
+
+
+def match_budget(spec: ArchSpec, target: float, *, metric: str = "gmacs", adjust: str = "depth",
+                 tol: float = 0.05, measure_fn: Callable[[ArchSpec], Cost] = measure,
+                 max_depth_factor: float = 4.0) -> tuple[ArchSpec, Match]:
+    """``spec`` changed (by depth or width) so that ``metric`` is within ``tol`` (relative) of
+    ``target``; raises :class:`BudgetError` naming the closest it found otherwise."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown budget metric {metric!r}; allowed: {', '.join(METRICS)}")
+    if adjust not in ADJUST:
+        raise ValueError(f"cannot match a budget by {adjust!r}; allowed: {', '.join(ADJUST)}")
+    if not tol > 0:
+        raise ValueError(f"the budget tolerance must be > 0, got {tol!r}")
+    if not target > 0:
+        raise ValueError(f"the budget to match must be > 0, got {target!r}")
+    before = {"depths": [s.depth for s in spec.stages], "dims": [s.dim for s in spec.stages]}
+    base_cost = measure_fn(spec).get(metric)
+    if abs(base_cost - target) <= tol * target:
+        return spec, Match(metric, adjust, target, base_cost, before, before)
+    fn = _by_depth if adjust == "depth" else _by_width
+    best_spec, best_val = fn(spec, target, metric, tol, measure_fn, base_cost, max_depth_factor)
+    after = {"depths": [s.depth for s in best_spec.stages], "dims": [s.dim for s in best_spec.stages]}
+    m = Match(metric, adjust, target, best_val, before, after)
+    if abs(best_val - target) > tol * target:
+        raise BudgetError(f"no {adjust} meets {metric} {_fmt(metric, target)} within ±{tol:.1%}: the closest is "
+                          f"{m.describe()}")
+    return best_spec, m
+
+
+def _by_depth(spec, target, metric, tol, measure_fn, base_cost, factor):
+    depths = [s.depth for s in spec.stages]
+    slopes = []
+    for i in range(len(depths)):
+        bumped = list(depths)
+        bumped[i] += 1
+        slopes.append(measure_fn(_with_depths(spec, bumped)).get(metric) - base_cost)
+    const = base_cost - sum(s * d for s, d in zip(slopes, depths))
+    while True:  # keep the box small enough to score exhaustively
+        ranges = [range(1, max(d + 2, int(math.ceil(d * factor))) + 1) for d in depths]
+        if math.prod(len(r) for r in ranges) <= 200_000 or factor <= 1.5:
+            break
+        factor *= 0.8
+    cands = []
+    for ds in itertools.product(*ranges):
+        pred = const + sum(s * d for s, d in zip(slopes, ds))
+        err = abs(pred - target) / target
+        logs = [math.log(d / d0) for d, d0 in zip(ds, depths)]
+        mean = sum(logs) / len(logs)
+        shape = sum((x - mean) ** 2 for x in logs)  # distance from a uniform scaling
+        cands.append((err > tol, shape if err <= tol else err, err, ds))
+    cands.sort()
+    best = (math.inf, spec, base_cost)
+    for _, _, _, ds in cands[:8]:  # the linear prediction is exact for uniform stages; check anyway
+        try:
+            s = _with_depths(spec, ds)
+        except ValueError:
+            continue
+        v = measure_fn(s).get(metric)
+        err = abs(v - target) / target
+        if err <= tol:
+            return s, v
+        if err < best[0]:
+            best = (err, s, v)
+    return best[1], best[2]
+
+
+def _by_width(spec, target, metric, tol, measure_fn, base_cost, _factor):
+    dims0 = [s.dim for s in spec.stages]
+    quanta = [max(1, s.heads) * (2 if s.heads == 1 else 1) for s in spec.stages]
+
+    def at(f: float):
+        dims = [max(q, int(round(d * f / q)) * q) for d, q in zip(dims0, quanta)]
+        try:
+            s = _with_dims(spec, dims)
+        except ValueError:
+            return None, math.inf
+        return s, measure_fn(s).get(metric)
+
+    lo, hi = (0.25, 1.0) if base_cost > target else (1.0, 4.0)
+    tried = []
+    for _ in range(14):
+        mid = math.sqrt(lo * hi)
+        s, v = at(mid)
+        if s is not None:
+            tried.append((abs(v - target) / target, s, v))
+            if abs(v - target) <= tol * target:
+                return s, v
+        if v > target:
+            hi = mid
+        else:
+            lo = mid
+    if not tried:
+        return spec, base_cost
+    tried.sort(key=lambda t: t[0])
+    return tried[0][1], tried[0][2]

@@ -1,0 +1,142 @@
+"""``archbench ablate``: arms from ``--vary`` factors, optional budget matching, every arm ×
+seed trained with one recipe, then the per-arm table and the plots."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from archbench.ablate.budget import ADJUST, METRICS
+from archbench.ablate.plan import DESIGNS, Ablation, Arm
+
+
+def add_ablate_parser(sub, add_model_args, add_train_args, default_device: str) -> None:
+    a = sub.add_parser("ablate", help="paired ablation: vary factors of a base model, optionally at a matched budget",
+                       description="Every arm (the base model with factor values put in) is trained with the same "
+                                   "recipe, seeds and data order; the table gives mean ± std per arm and the paired "
+                                   "difference to the base arm (the first value of every factor) with a t-interval.")
+    add_model_args(a)
+    add_train_args(a)
+    a.add_argument("--vary", action="append", required=True, metavar="NAME=V1,V2,...",
+                   help="a factor and its values, first = base, e.g. mixer=msa,shift,none or shift_ratio=1/12,1/6; "
+                        "repeat for more factors")
+    a.add_argument("--design", default="cross", choices=DESIGNS,
+                   help="cross: every combination of the factors; oat: one factor at a time from the base arm")
+    a.add_argument("--match", choices=METRICS, help="give every arm the base arm's GMACs or parameters")
+    a.add_argument("--adjust", default="depth", choices=ADJUST, help="what changes to meet the budget")
+    a.add_argument("--tol", type=float, default=0.05, help="relative budget tolerance (default 0.05 = ±5%%)")
+    a.add_argument("--seeds", type=int, default=3, help="seeds per arm (paired across arms)")
+    a.add_argument("--seed-start", type=int, default=0)
+    a.add_argument("--conf", type=float, default=0.95, help="confidence level of the paired intervals")
+    a.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
+    a.add_argument("--device", default=default_device)
+    a.add_argument("--name", help="ablation name (default: the factor names)")
+    a.add_argument("--out", help="output folder (default: results/ablations/NAME)")
+    a.add_argument("--dry-run", action="store_true", help="build and match the arms, train nothing")
+    a.add_argument("--json", action="store_true", help="print the arm table as JSON (last stdout line)")
+    a.set_defaults(func=cmd_ablate)
+
+
+def check_counts(seeds: int, jobs: int, tol: float | None = None) -> None:
+    from archbench.cli import UsageError
+
+    if seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    if jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
+    if tol is not None and not 0 < tol < 1:
+        raise UsageError(f"--tol must be in (0, 1), got {tol}")
+
+
+def cmd_ablate(args) -> int:
+    from archbench.ablate.factors import parse_vary
+    from archbench.ablate.plan import make_arms
+    from archbench.cli import (UsageError, _console, data_into_args, recipe_from_args, shorthand_from_args,
+                               spec_from_args)
+
+    check_counts(args.seeds, args.jobs, args.tol)
+    if not 0 < args.conf < 1:
+        raise UsageError(f"--conf must be in (0, 1), got {args.conf}")
+    factors = [parse_vary(v) for v in args.vary]
+    recipe = recipe_from_args(args)
+    data = data_into_args(args)
+    base: Any = spec_from_args(args) if (args.model or args.spec) else shorthand_from_args(args)
+    name = args.name or "-".join(f.name.replace(".", "_") for f in factors)
+    console = _console()
+    with console.status("building the arms" + (f", matching {args.match} by {args.adjust}" if args.match else "")):
+        arms = make_arms(base, factors, design=args.design, match=args.match, adjust=args.adjust, tol=args.tol)
+    spec0 = arms[0].spec
+    if spec0.in_chans != data.in_chans or spec0.num_classes != data.num_classes:
+        raise UsageError(f"the model takes {spec0.in_chans} channels / {spec0.num_classes} classes but {data.name} "
+                         f"has {data.in_chans} / {data.num_classes}; set --in-chans / --num-classes")
+    abl = Ablation(name=name, arms=arms, seeds=list(range(args.seed_start, args.seed_start + args.seeds)),
+                   recipe=recipe, dataset=dataset_cfg(args), device=args.device,
+                   out=args.out or f"results/ablations/{name}", conf=args.conf,
+                   command="archbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    print_plan(console, abl)
+    if args.dry_run:
+        return 0
+    return train_and_report(console, abl, args.jobs, json_out=args.json)
+
+
+def dataset_cfg(args) -> dict[str, Any]:
+    return {"name": args.dataset, "data_dir": args.data_dir, "download": args.download,
+            "limit_train": args.limit_train, "limit_test": args.limit_test}
+
+
+def print_plan(console, abl: Ablation, arms: list[Arm] | None = None) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{abl.name}: {len(abl.arms)} arms × {len(abl.seeds)} seeds on {abl.dataset['name']}")
+    for col in ("arm", "depths", "dims", "params (M)", "GMACs", "budget"):
+        t.add_column(col)
+    for a in arms or abl.arms:
+        t.add_row(a.id + (" (base)" if a.is_base else ""), "-".join(str(s.depth) for s in a.spec.stages),
+                  "-".join(str(s.dim) for s in a.spec.stages), f"{a.cost.params / 1e6:.3f}", f"{a.cost.gmacs:.4f}",
+                  "target" if a.is_base and a.match else (a.match.describe() if a.match else ""))
+    console.print(t)
+
+
+def run_with_progress(console, abl: Ablation, todo, jobs: int, sections: dict[str, str] | None = None) -> list[dict]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from archbench.ablate.runner import run_jobs
+
+    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn()]
+    with Progress(*cols, console=console, transient=False) as bar:
+        task = bar.add_task("runs", total=len(todo), info="")
+
+        def on_done(row):
+            bar.advance(task)
+            top1 = row.get("top1")
+            bar.console.print(f"  {row['arm']}  seed {row['seed']}: {row['status']}"
+                              + (f"  top-1 {top1:.2f}%" if top1 is not None else f"  {row.get('error')}")
+                              + f"  {row['wall_seconds']:.0f}s")
+
+        def on_epoch(arm, seed, epoch, m):
+            bar.update(task, info=f"{arm.id} seed {seed}: epoch {epoch}/{abl.recipe.epochs} top-1 {m['top1']:.1f}%")
+
+        return run_jobs(abl, todo, jobs=jobs, sections=sections, on_done=on_done, on_epoch=on_epoch)
+
+
+def train_and_report(console, abl: Ablation, jobs: int, json_out: bool = False) -> int:
+    from archbench.ablate.report import arms_json, to_markdown, write_outputs
+    from archbench.ablate.runner import load_runs, pending
+
+    todo = pending(abl)
+    total = len(abl.arms) * len(abl.seeds)
+    console.print(f"{len(todo)} of {total} runs to train ({total - len(todo)} already in {abl.out}/runs)")
+    run_with_progress(console, abl, todo, jobs)
+    runs = load_runs(abl)
+    table, files = write_outputs(abl, runs)
+    if json_out:
+        print(arms_json(table))
+    else:
+        console.print(to_markdown(table, abl.conf), markup=False, highlight=False)
+        console.print(f"wrote {', '.join(str(Path(f)) for f in files)}")
+    failed = int(table["failed"].sum())
+    return 1 if failed else 0

@@ -1,0 +1,151 @@
+"""An ablation's plan: the arms (the base model with factor values put in, optionally
+budget-matched) and what every arm is trained with (dataset, recipe, seeds)."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from archbench.ablate.budget import BudgetError, Cost, Match, match_budget, measure
+from archbench.ablate.factors import Factor, apply_changes
+from archbench.spec import ArchSpec
+from archbench.train.loop import Recipe
+
+DESIGNS = ("cross", "oat")  # every combination | one factor at a time from the base arm
+
+
+@dataclass
+class Arm:
+    """One configuration of the ablation. ``changes``: factor name → value (the labels as typed)."""
+
+    id: str
+    changes: dict[str, Any]
+    labels: dict[str, str]
+    spec: ArchSpec
+    cost: Cost
+    match: Match | None = None
+    is_base: bool = False
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(canonical_spec(self.spec), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Ablation:
+    """Arms × seeds, trained with one recipe on one dataset; rows under ``out``/runs."""
+
+    name: str
+    arms: list[Arm]
+    seeds: Sequence[int]
+    recipe: Recipe
+    dataset: dict[str, Any] = field(default_factory=lambda: {"name": "digits"})
+    device: str = "cpu"
+    out: str = "results/ablations/ablation"
+    conf: float = 0.95
+    command: str = ""
+
+    @property
+    def base(self) -> Arm:
+        return next(a for a in self.arms if a.is_base)
+
+    def run_key(self, arm: Arm) -> str:
+        """Identifies a trained (arm, recipe, data) combination: a rerun skips finished ones."""
+        blob = json.dumps({"spec": canonical_spec(arm.spec), "recipe": self.recipe.as_dict(),
+                           "data": {k: v for k, v in self.dataset.items() if k != "data_dir"}},
+                          sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def canonical_spec(spec: ArchSpec) -> dict[str, Any]:
+    """The spec as a dict with part options that equal the part's defaults dropped, so that
+    ``shift`` and ``shift`` with ``ratio=1/12`` are one model (one key, trained once)."""
+    import inspect
+
+    from archbench.registry import FFNS, MIXERS
+
+    d = spec.to_dict()
+    for st in d["stages"]:
+        for key, registry in (("mixer", MIXERS), ("ffn", FFNS)):
+            params = inspect.signature(registry.get(st[key])).parameters
+            opts = st[f"{key}_options"]
+            for name in list(opts):
+                p = params.get(name)
+                if p is not None and p.default is not inspect.Parameter.empty and _same(opts[name], p.default):
+                    del opts[name]
+    return d
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return a == b
+
+
+def arm_id(labels: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in labels.items()) or "base"
+
+
+def make_arms(base: dict[str, Any] | ArchSpec, factors: Sequence[Factor], *, design: str = "cross",
+              match: str | None = None, adjust: str = "depth", tol: float = 0.05,
+              measure_fn: Callable[[ArchSpec], Cost] = measure,
+              on_arm: Callable[[str], None] | None = None) -> list[Arm]:
+    """The arms: the base arm (every factor at its first value) first, then the others,
+    each matched to the base arm's budget when ``match`` is ``gmacs`` or ``params``."""
+    if design not in DESIGNS:
+        raise ValueError(f"unknown design {design!r}; allowed: {', '.join(DESIGNS)}")
+    if not factors:
+        raise ValueError("nothing to vary: give at least one --vary NAME=V1,V2")
+    names = [f.name for f in factors]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"factor {dup[0]!r} is given twice; put all its values in one --vary")
+    if design == "cross":
+        combos = list(itertools.product(*(range(len(f.values)) for f in factors)))
+    else:
+        combos = [tuple(0 for _ in factors)]
+        for i, f in enumerate(factors):
+            combos += [tuple(j if k == i else 0 for k in range(len(factors))) for j in range(1, len(f.values))]
+    if len(combos) < 2:
+        raise ValueError("an ablation needs at least two arms: give a factor two or more values")
+    if not isinstance(base, ArchSpec):
+        # fix the macro-architecture of the base arm, so that varying the mixer never moves an
+        # arm to another macro (each mixer's home macro would otherwise apply)
+        first = {f.name: f.values[0] for f in factors}
+        base = dict(base)
+        if not base.get("macro"):
+            base["macro"] = apply_changes(base, first).macro
+    arms: list[Arm] = []
+    for combo in combos:
+        changes = {f.name: f.values[j] for f, j in zip(factors, combo)}
+        labels = {f.label: f.labels[j] for f, j in zip(factors, combo)}
+        aid = arm_id(labels)
+        try:
+            spec = apply_changes(base, changes)
+        except ValueError as e:
+            raise ValueError(f"arm {aid}: {e}") from None
+        arms.append(Arm(aid, changes, labels, spec, Cost(0, 0.0), is_base=not any(combo)))
+    target = None
+    for arm in arms:
+        if on_arm:
+            on_arm(arm.id)
+        if match and not arm.is_base:
+            try:
+                arm.spec, arm.match = match_budget(arm.spec, target, metric=match, adjust=adjust, tol=tol,
+                                                   measure_fn=measure_fn)
+            except BudgetError as e:
+                raise BudgetError(f"arm {arm.id}: {e}") from None
+        arm.cost = measure_fn(arm.spec)
+        if arm.is_base and match:
+            target = arm.cost.get(match)
+            arm.match = Match(match, adjust, target, target,
+                              {"depths": [s.depth for s in arm.spec.stages], "dims": [s.dim for s in arm.spec.stages]},
+                              {"depths": [s.depth for s in arm.spec.stages], "dims": [s.dim for s in arm.spec.stages]})
+    keys = {}
+    for arm in arms:
+        if arm.key in keys:
+            raise ValueError(f"arms {keys[arm.key]} and {arm.id} build the same model; drop one value")
+        keys[arm.key] = arm.id
+    return arms

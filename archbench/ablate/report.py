@@ -1,0 +1,127 @@
+"""An ablation's outputs: the per-arm table (mean ± std over seeds, paired difference to the
+base arm with its confidence interval, size, cost, speed, time) and the plots (top-1 vs
+GMACs and vs throughput, error bars = one std over seeds)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from archbench.ablate.plan import Ablation
+from archbench.ablate.stats import paired_diff, summarize
+
+METRIC = "top1"
+
+
+def arm_table(abl: Ablation, runs: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
+    """One row per arm (base first). Only runs with status ok count."""
+    ok = runs[runs["status"] == "ok"] if not runs.empty else runs
+    by_arm = {a.id: ok[ok["arm"] == a.id] for a in abl.arms} if not ok.empty else {a.id: ok for a in abl.arms}
+    base = by_arm[abl.base.id]
+    base_vals = dict(zip(base["seed"].astype(int), base[metric].astype(float))) if len(base) else {}
+    out = []
+    for arm in abl.arms:
+        sub = by_arm[arm.id]
+        vals = dict(zip(sub["seed"].astype(int), sub[metric].astype(float))) if len(sub) else {}
+        s = summarize(list(vals.values()))
+        row: dict[str, Any] = {
+            "arm": arm.id, "base": arm.is_base, **{f"factor:{k}": v for k, v in arm.labels.items()},
+            "depths": "-".join(str(st.depth) for st in arm.spec.stages),
+            "dims": "-".join(str(st.dim) for st in arm.spec.stages),
+            "params_m": arm.cost.params / 1e6, "gmacs": arm.cost.gmacs,
+            "budget": "" if arm.is_base or arm.match is None else f"{arm.match.rel_error:+.1%}",
+            "seeds": s.n, f"{metric}_mean": s.mean, f"{metric}_std": s.std,
+        }
+        if not arm.is_base:
+            p = paired_diff(base_vals, vals, abl.conf)
+            row.update({"diff": p.mean, "ci_low": p.ci_low, "ci_high": p.ci_high, "p_value": p.p_value})
+        else:
+            row.update({"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan})
+        n_failed = int((runs["arm"] == arm.id).sum() - len(sub)) if not runs.empty else 0
+        row.update({
+            "throughput": float(sub["throughput"].median()) if len(sub) else math.nan,
+            "train_s_mean": float(sub["train_seconds"].mean()) if len(sub) else math.nan,
+            "wall_s_total": float(sub["wall_seconds"].sum()) if len(sub) else math.nan,
+            "failed": n_failed,
+            "device": ", ".join(sorted(set(sub["device"].astype(str)))) if len(sub) else "",
+        })
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _f(v: float, fmt: str) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def to_markdown(table: pd.DataFrame, conf: float = 0.95, metric: str = METRIC) -> str:
+    """The arm table as GitHub markdown (top-1 in %, differences in points)."""
+    head = (f"| arm | depths | dims | params (M) | GMACs | budget | seeds | {metric} % (mean ± std) | "
+            f"Δ vs base (pts) [{conf:.0%} CI] | p | img/s | train s/run | wall s (all seeds) |")
+    lines = [head, "|" + "---|" * 13]
+    for _, r in table.iterrows():
+        diff = "base" if r["base"] else (f"{_f(r['diff'], '+.2f')} [{_f(r['ci_low'], '+.2f')}, "
+                                         f"{_f(r['ci_high'], '+.2f')}]")
+        lines.append(
+            f"| {r['arm']} | {r['depths']} | {r['dims']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | "
+            f"{r['budget'] or ('target' if r['base'] else '')} | {r['seeds']} | "
+            f"{_f(r[f'{metric}_mean'], '.2f')} ± {_f(r[f'{metric}_std'], '.2f')} | {diff} | "
+            f"{'' if r['base'] else _f(r['p_value'], '.3f')} | {_f(r['throughput'], '.0f')} | "
+            f"{_f(r['train_s_mean'], '.1f')} | {_f(r['wall_s_total'], '.0f')} |")
+    return "\n".join(lines)
+
+
+def plot(table: pd.DataFrame, stem: str | Path, *, x: str = "gmacs", metric: str = METRIC,
+         title: str = "") -> list[Path]:
+    """top-1 (mean, error bar = std over seeds) against ``x`` (gmacs | throughput | params_m);
+    writes PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"gmacs": "GMACs (fvcore)", "throughput": "eval throughput (img/s)", "params_m": "parameters (M)"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for _, r in table.iterrows():
+        y, e = r[f"{metric}_mean"], r[f"{metric}_std"]
+        if y is None or (isinstance(y, float) and math.isnan(y)):
+            continue
+        ax.errorbar(r[x], y, yerr=None if math.isnan(e) else e, fmt="s" if r["base"] else "o",
+                    capsize=3, ms=6, color="black" if r["base"] else None)
+        ax.annotate(r["arm"], (r[x], y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xlabel(labels.get(x, x))
+    ax.set_ylabel(f"{metric} % (mean ± std over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def write_outputs(abl: Ablation, runs: pd.DataFrame, out_dir: str | Path | None = None,
+                  prefix: str = "") -> tuple[pd.DataFrame, list[Path]]:
+    """arms table (parquet + CSV + markdown) and both plots under ``out_dir``."""
+    from archbench.results import _replace
+
+    out = Path(out_dir or abl.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = arm_table(abl, runs)
+    _replace(table, out / f"{prefix}arms.parquet")
+    _replace(table, out / f"{prefix}arms.csv")
+    (out / f"{prefix}arms.md").write_text(to_markdown(table, abl.conf) + "\n")
+    files = [out / f"{prefix}arms.parquet", out / f"{prefix}arms.csv", out / f"{prefix}arms.md"]
+    title = f"{abl.name}: {len(abl.arms)} arms × {len(list(abl.seeds))} seeds"
+    files += plot(table, out / f"{prefix}top1_vs_gmacs", x="gmacs", title=title)
+    files += plot(table, out / f"{prefix}top1_vs_throughput", x="throughput", title=title)
+    return table, files
+
+
+def arms_json(table: pd.DataFrame) -> str:
+    return json.dumps(json.loads(table.to_json(orient="records")))

@@ -1,0 +1,146 @@
+"""Training every arm × seed of an ablation, one results row each, resumable.
+
+Rows are appended to ``<out>/runs.parquet|csv`` as each run finishes (atomically, under a
+file lock), so an interrupted ablation keeps what finished; a rerun of the same command
+skips every (arm, seed) whose row is there (keyed by spec + recipe + data, so a changed
+recipe trains anew). ``jobs > 1`` trains several runs at once in worker processes (on a
+GPU, small models leave most of it idle; on several GPUs the runs are spread over them).
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from archbench.ablate.plan import Ablation, Arm
+from archbench.results import append_rows, read_table
+
+
+def table_stem(abl: Ablation) -> Path:
+    return Path(abl.out) / "runs"
+
+
+def finished(abl: Ablation) -> set[tuple[str, int]]:
+    """(run_key, seed) of the rows already in the table."""
+    stem = table_stem(abl)
+    if not stem.with_suffix(".parquet").exists():
+        return set()
+    df = read_table(stem)
+    if "run_key" not in df:
+        return set()
+    return {(k, int(s)) for k, s in zip(df["run_key"], df["seed"])}
+
+
+def pending(abl: Ablation) -> list[tuple[Arm, int]]:
+    done = finished(abl)
+    return [(arm, s) for arm in abl.arms for s in abl.seeds if (abl.run_key(arm), s) not in done]
+
+
+def _label_row(abl: Ablation, arm: Arm, seed: int, row: dict[str, Any], section: str | None) -> dict[str, Any]:
+    row = dict(row)
+    row.update({
+        "ablation": abl.name, "section": section or "", "arm": arm.id, "is_base": arm.is_base,
+        "factors": json.dumps(arm.labels), "run_key": abl.run_key(arm), "seed": seed,
+        "depths": "-".join(str(s.depth) for s in arm.spec.stages),
+        "dims": "-".join(str(s.dim) for s in arm.spec.stages),
+        "budget": arm.match.describe() if arm.match and not arm.is_base else "",
+        "command": abl.command,
+    })
+    row["name"] = f"{abl.name}: {arm.id}"
+    return row
+
+
+def _train_one(payload: dict[str, Any]) -> dict[str, Any]:
+    """Worker: one run (module-level so that a process pool can pickle it)."""
+    import torch
+
+    from archbench.spec import ArchSpec
+    from archbench.train.loop import Recipe
+    from archbench.train.run import run_experiment
+
+    if payload.get("threads"):
+        torch.set_num_threads(payload["threads"])
+    ds = payload["dataset"]
+    return run_experiment(ArchSpec.from_json(payload["spec"]), dataset=ds["name"], data_dir=ds.get("data_dir"),
+                          download=ds.get("download", False), recipe=Recipe(**payload["recipe"]),
+                          seed=payload["seed"], device=payload["device"], limit_train=ds.get("limit_train"),
+                          limit_test=ds.get("limit_test"))
+
+
+def run_jobs(abl: Ablation, todo: Iterable[tuple[Arm, int]], *, jobs: int = 1,
+             sections: dict[str, str] | None = None,
+             on_done: Callable[[dict[str, Any]], None] | None = None,
+             on_epoch: Callable[[Arm, int, int, dict], None] | None = None) -> list[dict[str, Any]]:
+    """Train ``todo`` (arm, seed) pairs, appending each row as it finishes; returns the rows."""
+    todo = list(todo)
+    stem = table_stem(abl)
+    sections = sections or {}
+    rows = []
+
+    def record(arm: Arm, seed: int, row: dict[str, Any]) -> None:
+        row = _label_row(abl, arm, seed, row, sections.get(arm.key))
+        append_rows(stem, [row])
+        rows.append(row)
+        if on_done:
+            on_done(row)
+
+    if jobs <= 1:
+        from archbench.spec import ArchSpec  # noqa: F401
+        from archbench.train.run import run_experiment
+
+        ds = abl.dataset
+        for arm, seed in todo:
+            cb = (lambda e, m, arm=arm, seed=seed: on_epoch(arm, seed, e, m)) if on_epoch else None
+            row = run_experiment(arm.spec, dataset=ds["name"], data_dir=ds.get("data_dir"),
+                                 download=ds.get("download", False), recipe=abl.recipe, seed=seed,
+                                 device=abl.device, callback=cb, limit_train=ds.get("limit_train"),
+                                 limit_test=ds.get("limit_test"))
+            record(arm, seed, row)
+        return rows
+
+    import multiprocessing as mp
+
+    devices = _devices(abl.device)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {}
+        for i, (arm, seed) in enumerate(todo):
+            payload = {"spec": arm.spec.to_json(), "recipe": abl.recipe.as_dict(), "seed": seed,
+                       "dataset": abl.dataset, "device": devices[i % len(devices)], "threads": threads}
+            futures[pool.submit(_train_one, payload)] = (arm, seed)
+        try:
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for f in done:
+                    arm, seed = futures.pop(f)
+                    record(arm, seed, f.result())
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return rows
+
+
+def _devices(device: str) -> list[str]:
+    if device == "cuda":
+        import torch
+
+        n = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(n)] or ["cuda"]
+    return [device]
+
+
+def load_runs(abl: Ablation) -> pd.DataFrame:
+    """This ablation's rows (matching run keys), the latest row per (arm, seed)."""
+    stem = table_stem(abl)
+    if not stem.with_suffix(".parquet").exists():
+        return pd.DataFrame()
+    df = read_table(stem)
+    keys = {abl.run_key(a): a.id for a in abl.arms}
+    df = df[df["run_key"].isin(keys) & df["seed"].isin(list(abl.seeds))].copy()
+    df["arm"] = df["run_key"].map(keys)
+    return df.drop_duplicates(["run_key", "seed"], keep="last")

@@ -1,0 +1,1 @@
+"""Presets of ablations that reproduce a paper's study (``archbench study NAME``)."""

@@ -1,0 +1,105 @@
+"""``archbench study shiftvit``: the ShiftViT ablations, trained, tabulated, plotted and
+written up as ``report.md`` under ``results/studies/shiftvit/``."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+STUDIES = ("shiftvit",)
+SECTIONS = ("mixer", "gamma", "mlp_ratio", "components")
+
+
+def add_study_parser(sub, add_train_args, default_device: str) -> None:
+    s = sub.add_parser("study", help="a paper's ablation study as a preset (shiftvit)",
+                       description="Runs the study's ablations (resumable: finished runs are kept), then writes "
+                                   "the tables, plots and report.md.")
+    s.add_argument("study", help=f"which study: {', '.join(STUDIES)}")
+    s.add_argument("--quick", action="store_true", help="the quick profile: digits, 2 seeds, 4 epochs (<15 min on a CPU)")
+    s.add_argument("--profile", choices=("quick", "default"), help="scale (default: default, or quick with --quick)")
+    add_train_args(s)
+    for a in s._actions:  # the profile decides these unless given
+        if a.dest in ("dataset", "batch_size", "lr", "warmup"):
+            a.default = None
+    s.add_argument("--seeds", type=int, help="seeds per arm (default: the profile's)")
+    s.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    s.add_argument("--jobs", type=int, help="runs at once (default: 1 on CPU, 12 on a GPU: small models leave it mostly idle)")
+    s.add_argument("--device", default=default_device)
+    s.add_argument("--out", help="output folder (default: results/studies/shiftvit, or .../shiftvit-quick)")
+    s.add_argument("--dry-run", action="store_true", help="build and match the arms, train nothing")
+    s.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the tables, plots and report from the runs already there")
+    s.set_defaults(func=cmd_study)
+
+
+def cmd_study(args) -> int:
+    from archbench.ablate.cli import check_counts, print_plan, run_with_progress
+    from archbench.ablate.runner import load_runs, pending
+    from archbench.cli import UsageError, _console
+    from archbench.studies import shiftvit
+    from archbench.train.data import load_dataset
+    from archbench.train.loop import Recipe
+
+    if args.study not in STUDIES:
+        raise UsageError(f"unknown study {args.study!r}; known: {', '.join(STUDIES)}")
+    pname = args.profile or ("quick" if args.quick else "default")
+    if args.quick and args.profile and args.profile != "quick":
+        raise UsageError(f"--quick contradicts --profile {args.profile}")
+    prof = shiftvit.PROFILES[pname]
+    sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad or not sections:
+        raise UsageError(f"unknown section {bad[0] if bad else '(none given)'!r}; allowed: {', '.join(SECTIONS)}")
+    jobs = args.jobs or (12 if args.device.startswith("cuda") else 1)
+    seeds = args.seeds if args.seeds is not None else prof.seeds
+    check_counts(seeds, jobs)
+    dataset = args.dataset or prof.dataset
+    rec = dict(prof.recipe)
+    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("warmup", "warmup_epochs")):
+        if getattr(args, flag) is not None:
+            rec[key] = getattr(args, flag)
+    recipe = Recipe(**{**rec, "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
+                       "clip_grad": args.clip_grad, "augment": not args.no_augment})
+    recipe.check()
+    data = load_dataset(dataset, args.data_dir, args.download)
+    cfg = {"name": dataset, "data_dir": args.data_dir, "download": args.download,
+           "limit_train": args.limit_train if args.limit_train is not None else prof.limit_train,
+           "limit_test": args.limit_test if args.limit_test is not None else prof.limit_test,
+           "num_classes": data.num_classes, "in_chans": data.in_chans}
+    out = args.out or ("results/studies/shiftvit" + ("" if pname == "default" else f"-{pname}"))
+    command = "archbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["study"] else \
+        f"archbench study shiftvit --profile {pname}"
+    console = _console()
+    t0 = time.perf_counter()
+    with console.status("building the arms and matching budgets") as st:
+        secs = shiftvit.build(prof, dataset=cfg, recipe=recipe, seeds=list(range(seeds)), device=args.device,
+                              out=out, command=command, sections=sections,
+                              on_arm=lambda a: st.update(f"building and matching: {a}"))
+    for sec in secs:
+        print_plan(console, sec.ablation)
+    if args.dry_run:
+        return 0
+    todo, seen, owner = [], set(), {}
+    for sec in secs:
+        for arm, seed in pending(sec.ablation):
+            key = (sec.ablation.run_key(arm), seed)
+            if key not in seen:
+                seen.add(key)
+                todo.append((arm, seed))
+                owner.setdefault(arm.key, sec.key)
+    total = len({(sec.ablation.run_key(a), s) for sec in secs for a in sec.ablation.arms for s in sec.ablation.seeds})
+    if args.report_only:
+        todo = []
+    console.print(f"{len(todo)} of {total} runs to train ({total - len(todo)} already in {out}/runs), {jobs} at a time "
+                  f"on {args.device}")
+    # the sections share one table; label each run by the first section that owns its arm
+    import dataclasses
+
+    run_with_progress(console, dataclasses.replace(secs[0].ablation, name="shiftvit"), todo, jobs, sections=owner)
+    from archbench.studies.report import write_study
+
+    files = write_study(secs, {s.key: load_runs(s.ablation) for s in secs}, Path(out), prof, recipe,
+                        elapsed=time.perf_counter() - t0)
+    console.print(f"wrote {Path(out) / 'report.md'} and {len(files) - 1} tables/plots")
+    return 0

@@ -1,0 +1,113 @@
+"""Ablations: factor parsing, budget matching (checked on the built models), paired
+statistics (against a hand-computed case), an end-to-end 2-arm × 2-seed run on digits,
+resume without retraining, and one-line errors for bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from archbench.ablate.budget import BudgetError, match_budget, measure
+from archbench.ablate.factors import parse_vary
+from archbench.ablate.plan import make_arms
+from archbench.ablate.stats import paired_diff, summarize
+from archbench.builder import make_spec
+from archbench.cli import main
+
+BASE = dict(macro="pyramid", dims=(16, 32), depths=(1, 2), heads=(1, 2), img_size=16, num_classes=10, in_chans=1)
+
+
+def test_parse_vary_aliases_fractions_and_brackets():
+    f = parse_vary("shift_ratio=1/12,1/24")
+    assert f.name == "mixer_options.ratio" and f.values == (1 / 12, 1 / 24) and f.labels == ("1/12", "1/24")
+    d = parse_vary("depths=[1,2],[2,2]")
+    assert d.values == ([1, 2], [2, 2])
+
+
+@pytest.mark.parametrize("text,msg", [("colour=red,blue", "unknown factor 'colour'"), ("mixer=", "no values"),
+                                      ("mixer=msa,msa", "repeated"), ("mixer", "NAME=V1,V2")])
+def test_parse_vary_bad_input(text, msg):
+    with pytest.raises(ValueError, match=msg):
+        parse_vary(text)
+
+
+def test_paired_stats_hand_computed():
+    # diffs (arm - base) per seed: 1, 2, 3 → mean 2, sd 1, t(0.975, df=2) = 4.302653 (t table),
+    # half width 4.302653 / sqrt(3) = 2.484138; t = 2 / (1/sqrt 3) = 3.4641 → p = 0.07418
+    p = paired_diff({0: 10.0, 1: 20.0, 2: 30.0}, {0: 11.0, 1: 22.0, 2: 33.0, 3: 99.0})
+    assert p.n == 3 and p.seeds == (0, 1, 2)
+    assert p.mean == pytest.approx(2.0) and p.std == pytest.approx(1.0)
+    assert p.ci_low == pytest.approx(2 - 2.484138, abs=1e-5) and p.ci_high == pytest.approx(2 + 2.484138, abs=1e-5)
+    assert p.p_value == pytest.approx(0.07418, abs=1e-4) and p.covers_zero()
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    assert s.mean == 2.5 and s.std == pytest.approx(math.sqrt(5 / 3))
+    assert math.isnan(paired_diff({0: 1.0}, {0: 2.0}).ci_low)  # one pair: no interval
+
+
+@pytest.mark.parametrize("metric", ["gmacs", "params"])
+def test_matched_arms_land_within_tolerance(metric):
+    arms = make_arms(BASE, [parse_vary("mixer=msa,shift,none")], match=metric, tol=0.05)
+    target = arms[0].cost.get(metric)
+    for arm in arms[1:]:
+        built = measure(arm.spec).get(metric)  # counted again on the built model
+        assert abs(built - target) <= 0.05 * target, (arm.id, built, target)
+        assert arm.match.after["depths"] != arm.match.before["depths"]  # shift is cheaper: depth was added
+    assert arms[0].spec.macro == arms[1].spec.macro == "pyramid"
+
+
+def test_width_matching_and_unreachable_budget():
+    spec = make_spec(**{**BASE, "mixer": "shift"})
+    target = measure(make_spec(**BASE)).gmacs
+    s, m = match_budget(spec, target, adjust="width", tol=0.1)
+    assert abs(measure(s).gmacs - target) <= 0.1 * target and m.after["dims"] != m.before["dims"]
+    with pytest.raises(BudgetError, match="the closest is"):
+        match_budget(spec, target * 1000, adjust="depth", tol=0.01)
+
+
+def test_ablate_end_to_end_then_resume(tmp_path, capsys):
+    out = tmp_path / "abl"
+    argv = ["ablate", "--mixer", "shift", "--dims", "12,24", "--depths", "1,1", "--heads", "1,2",
+            "--vary", "ffn=mlp,msffn", "--seeds", "2", "--epochs", "1", "--limit-train", "200", "--limit-test", "100",
+            "--out", str(out), "--json"]
+    assert main(argv) == 0
+    import json
+
+    import pandas as pd
+
+    table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["arm"] for r in table] == ["ffn=mlp", "ffn=msffn"] and all(r["seeds"] == 2 for r in table)
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == 4 and set(runs["seed"]) == {0, 1}
+    # paired rows: same seed → same data order; the diff in the table is the mean of the per-seed diffs
+    a = runs[runs["arm"] == "ffn=mlp"].set_index("seed")["top1"]
+    b = runs[runs["arm"] == "ffn=msffn"].set_index("seed")["top1"]
+    assert table[1]["diff"] == pytest.approx(float((b - a).mean()))
+    for f in ("arms.csv", "arms.md", "top1_vs_gmacs.png", "top1_vs_throughput.svg"):
+        assert (out / f).exists()
+    # rerun: nothing retrained; one more seed trains exactly the two missing runs
+    assert main(argv) == 0
+    assert len(pd.read_parquet(out / "runs.parquet")) == 4
+    argv3 = [x if x != "2" or argv[i - 1] != "--seeds" else "3" for i, x in enumerate(argv)]
+    assert main(argv3) == 0
+    assert len(pd.read_parquet(out / "runs.parquet")) == 6
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--vary", "colour=red"], "unknown factor"),
+    (["--vary", "mixer="], "no values"),
+    (["--vary", "mixer=msa,shift", "--match", "gmacs", "--tol", "0.0001"], "closest"),
+    (["--vary", "mixer=shift,none", "--seeds", "0"], "--seeds"),
+])
+def test_ablate_bad_input_one_line_exit_2(extra, msg, capsys, tmp_path):
+    rc = main(["ablate", "--dims", "12,24", "--depths", "1,1", "--heads", "1,2", "--macro", "pyramid",
+               "--out", str(tmp_path / "x"), "--dry-run", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and msg in err and len(err.splitlines()) == 1, err
+
+
+def test_study_quick_dry_run_builds_matched_sections(capsys):
+    assert main(["study", "shiftvit", "--quick", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    for sec in ("mixer:", "gamma:", "mlp_ratio:", "components:"):
+        assert sec in text
+    assert main(["study", "nosuch", "--dry-run"]) == 2
