@@ -25,15 +25,9 @@ class UsageError(ValueError):
 
 def _value(text: str) -> Any:
     """A flag value: YAML scalars/lists (``0.1``, ``true``, ``[1, 3]``) and fractions (``1/12``)."""
-    if re.fullmatch(r"\s*\d+\s*/\s*\d+\s*", text):
-        num, den = (int(t) for t in text.split("/"))
-        if den == 0:
-            raise UsageError(f"bad fraction {text!r}")
-        return num / den
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    from archbench.ablate.factors import parse_value
+
+    return parse_value(text)
 
 
 def _ints(flag: str) -> Callable[[str], tuple[int, ...]]:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from archbench.search.space import PARAM_RE, STAGE_FIELD
+from archbench.search.space import PARAM_RE, put_param
 from archbench.spec import ArchSpec
 
 ALIASES = {"shift_ratio": "mixer_options.ratio", "gamma": "mixer_options.ratio"}
@@ -92,58 +92,16 @@ def parse_vary(text: str) -> Factor:
 def apply_changes(base: dict[str, Any] | ArchSpec, changes: dict[str, Any]) -> ArchSpec:
     """The base (shorthand dict, or a spec from the zoo/a file) with factor values put in."""
     if isinstance(base, ArchSpec):
-        return _apply_to_spec(base, changes)
+        from archbench.models import override_spec
+
+        kw: dict[str, Any] = {}
+        for name, value in changes.items():
+            put_param(kw, name, value, base)
+        return override_spec(base, **kw) if kw else base
     from archbench.builder import make_spec
 
     base_spec = make_spec(**base)
     kw = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in base.items()}
     for name, value in changes.items():
-        _put(kw, name, value, base_spec)
+        put_param(kw, name, value, base_spec)
     return make_spec(**kw)
-
-
-def _put(kw: dict[str, Any], name: str, value: Any, base_spec: ArchSpec) -> None:
-    m = PARAM_RE.match(name)
-    if m["stage"]:
-        key = m["stage"]
-        if m["idx"] is None:
-            kw[key] = value
-            return
-        cur = kw.get(key)
-        if cur is None:
-            cur = [getattr(st, STAGE_FIELD[key]) for st in base_spec.stages]
-        n = len(base_spec.stages)
-        cur = list(cur) if isinstance(cur, (list, tuple)) else [cur] * n
-        i = int(m["idx"])
-        if i >= n:
-            raise ValueError(f"factor {name!r}: the base has {n} stages")
-        cur[i] = value
-        kw[key] = cur
-    elif m["opt"]:
-        kw[m["opt"]] = {**(kw.get(m["opt"]) or {}), m["optname"]: value}
-    else:
-        kw[m["glob"]] = value
-
-
-def _apply_to_spec(spec: ArchSpec, changes: dict[str, Any]) -> ArchSpec:
-    from archbench.models import override_spec
-
-    kw: dict[str, Any] = {}
-    for name, value in changes.items():
-        m = PARAM_RE.match(name)
-        if m["stage"] and m["idx"] is not None:
-            key = m["stage"]
-            cur = kw.get(key) or [getattr(st, STAGE_FIELD[key]) for st in spec.stages]
-            i = int(m["idx"])
-            if i >= len(cur):
-                raise ValueError(f"factor {name!r}: the base has {len(cur)} stages")
-            cur = list(cur)
-            cur[i] = value
-            kw[key] = cur
-        elif m["stage"]:
-            kw[m["stage"]] = value
-        elif m["opt"]:
-            kw[m["opt"]] = {**kw.get(m["opt"], {}), m["optname"]: value}
-        else:
-            kw[m["glob"]] = value
-    return override_spec(spec, **kw) if kw else spec

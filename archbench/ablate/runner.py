@@ -89,7 +89,6 @@ def run_jobs(abl: Ablation, todo: Iterable[tuple[Arm, int]], *, jobs: int = 1,
             on_done(row)
 
     if jobs <= 1:
-        from archbench.spec import ArchSpec  # noqa: F401
         from archbench.train.run import run_experiment
 
         ds = abl.dataset

@@ -205,26 +205,32 @@ STAGE_FIELD = {"depths": "depth", "dims": "dim", "heads": "heads", "mlp_ratio": 
 
 def apply(space: SearchSpace, values: dict[str, Any], base_spec) -> dict[str, Any]:
     """Base shorthand with the sampled values put in (``base_spec``: the base, resolved)."""
-    n_stages = len(base_spec.stages)
     kw = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in space.base.items()}
     for name, value in values.items():
-        m = PARAM_RE.match(name)
-        if m["stage"]:
-            key = m["stage"]
-            if m["idx"] is None:
-                kw[key] = value
-            else:
-                cur = kw.get(key)
-                if cur is None:  # not in the base: start from the resolved base's per-stage values
-                    cur = [getattr(st, STAGE_FIELD[key]) for st in base_spec.stages]
-                cur = list(cur) if isinstance(cur, (list, tuple)) else [cur] * n_stages
-                i = int(m["idx"])
-                if i >= n_stages:
-                    raise ValueError(f"parameter {name!r}: the base has {n_stages} stages")
-                cur[i] = value
-                kw[key] = cur
-        elif m["opt"]:
-            kw[m["opt"]] = {**(kw.get(m["opt"]) or {}), m["optname"]: value}
-        else:
-            kw[m["glob"]] = value
+        put_param(kw, name, value, base_spec)
     return kw
+
+
+def put_param(kw: dict[str, Any], name: str, value: Any, base_spec) -> None:
+    """Put one parameter (a :data:`PARAM_RE` name) into shorthand ``kw``; a one-stage value
+    (``depths[2]``) starts from ``kw``'s list, else from ``base_spec``'s per-stage values."""
+    n_stages = len(base_spec.stages)
+    m = PARAM_RE.match(name)
+    if m["stage"]:
+        key = m["stage"]
+        if m["idx"] is None:
+            kw[key] = value
+            return
+        cur = kw.get(key)
+        if cur is None:  # not in the base: start from the resolved base's per-stage values
+            cur = [getattr(st, STAGE_FIELD[key]) for st in base_spec.stages]
+        cur = list(cur) if isinstance(cur, (list, tuple)) else [cur] * n_stages
+        i = int(m["idx"])
+        if i >= n_stages:
+            raise ValueError(f"parameter {name!r}: the base has {n_stages} stages")
+        cur[i] = value
+        kw[key] = cur
+    elif m["opt"]:
+        kw[m["opt"]] = {**(kw.get(m["opt"]) or {}), m["optname"]: value}
+    else:
+        kw[m["glob"]] = value

@@ -90,9 +90,11 @@ def cmd_study(args) -> int:
                 owner.setdefault(arm.key, sec.key)
     total = len({(sec.ablation.run_key(a), s) for sec in secs for a in sec.ablation.arms for s in sec.ablation.seeds})
     if args.report_only:
+        console.print(f"--report-only: {total - len(todo)} of {total} runs are there; {len(todo)} left untrained")
         todo = []
-    console.print(f"{len(todo)} of {total} runs to train ({total - len(todo)} already in {out}/runs), {jobs} at a time "
-                  f"on {args.device}")
+    else:
+        console.print(f"{len(todo)} of {total} runs to train ({total - len(todo)} already in {out}/runs), {jobs} at a time "
+                      f"on {args.device}")
     # the sections share one table; label each run by the first section that owns its arm
     import dataclasses
 
