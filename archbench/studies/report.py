@@ -48,8 +48,8 @@ def conclusions(key: str, table: pd.DataFrame, conf: float) -> list[str]:
                              "At this scale attention keeps an edge the extra depth does not buy back.")))
         if no is not None:
             lines.append(f"**No spatial mixing (`none`):** {verdict(no, conf)}."
-                         + (f" Shift recovers {sh['diff'] - no['diff']:+.2f} pts of it with zero parameters and FLOPs."
-                            if sh is not None else ""))
+                         + (f" Shift minus none: {sh['diff'] - no['diff']:+.2f} pts (both have zero parameters and "
+                            "FLOPs in the mixer)." if sh is not None else ""))
         others = [r for a, r in rows.items() if a not in ("mixer=shift", "mixer=none") and not r["base"]]
         lines += [f"{verdict(r, conf)}." for r in others]
     else:
