@@ -1,6 +1,7 @@
 """Ablations: factor parsing, budget matching (checked on the built models), paired
 statistics (against a hand-computed case), an end-to-end 2-arm × 2-seed run on digits,
-resume without retraining, and one-line errors for bad input."""
+resume without retraining (also after a SIGKILL or Ctrl-C mid-ablation, one
+worker or two), and one-line errors for bad input."""
 from __future__ import annotations
 
 import math
@@ -111,3 +112,45 @@ def test_study_quick_dry_run_builds_matched_sections(capsys):
     for sec in ("mixer:", "gamma:", "mlp_ratio:", "components:"):
         assert sec in text
     assert main(["study", "nosuch", "--dry-run"]) == 2
+
+
+@pytest.mark.parametrize("jobs,sig", [("1", "SIGKILL"), ("2", "SIGINT")])
+def test_ablate_interrupted_mid_run_resumes(tmp_path, capsys, jobs, sig):
+    """A crash (SIGKILL) or Ctrl-C (SIGINT to the process group, as a terminal sends it) while arms are
+    training keeps the finished runs; rerunning trains only the rest and leaves the kept rows untouched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    out = tmp_path / "abl"
+    args = ["ablate", "--mixer", "shift", "--dims", "12,24", "--depths", "1,1", "--heads", "1,2",
+            "--vary", "mlp_ratio=4,2", "--seeds", "2", "--epochs", "1", "--limit-train", "200", "--limit-test", "100",
+            "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "archbench", *args, "--jobs", jobs], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (out / "runs.parquet").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=120)
+    kept = pd.read_parquet(out / "runs.parquet")
+    # the kill must land mid-ablation, or this test would show nothing
+    assert 1 <= len(kept) < 4, (len(kept), stdout, stderr)
+    if sig == "SIGINT":
+        assert proc.returncode == 130
+        assert f"rerun the same command to train the other {4 - len(kept)}" in stdout + stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
+
+    capsys.readouterr()
+    assert main(args) == 0
+    assert f"{4 - len(kept)} of 4 runs to train ({len(kept)} already" in capsys.readouterr().out
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == 4 and not runs.duplicated(["run_key", "seed"]).any()
+    # the runs finished before the interruption were not retrained: same rows, same timestamps
+    again = runs.set_index(["run_key", "seed"]).loc[kept.set_index(["run_key", "seed"]).index]
+    assert list(again["timestamp"]) == list(kept["timestamp"]) and list(again["top1"]) == list(kept["top1"])

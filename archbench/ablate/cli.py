@@ -120,7 +120,16 @@ def run_with_progress(console, abl: Ablation, todo, jobs: int, sections: dict[st
         def on_epoch(arm, seed, epoch, m):
             bar.update(task, info=f"{arm.id} seed {seed}: epoch {epoch}/{abl.recipe.epochs} top-1 {m['top1']:.1f}%")
 
-        return run_jobs(abl, todo, jobs=jobs, sections=sections, on_done=on_done, on_epoch=on_epoch)
+        try:
+            return run_jobs(abl, todo, jobs=jobs, sections=sections, on_done=on_done, on_epoch=on_epoch)
+        except KeyboardInterrupt:
+            from archbench.ablate.runner import finished, table_stem
+
+            done = finished(abl)  # read back from the table: what a rerun will skip
+            left = sum((abl.run_key(arm), seed) not in done for arm, seed in todo)
+            bar.console.print(f"interrupted: {len(todo) - left} of the {len(todo)} runs finished and are kept in "
+                              f"{table_stem(abl)}.parquet; rerun the same command to train the other {left}")
+            raise
 
 
 def train_and_report(console, abl: Ablation, jobs: int, json_out: bool = False) -> int:
