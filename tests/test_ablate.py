@@ -154,3 +154,64 @@ def test_ablate_interrupted_mid_run_resumes(tmp_path, capsys, jobs, sig):
     # the runs finished before the interruption were not retrained: same rows, same timestamps
     again = runs.set_index(["run_key", "seed"]).loc[kept.set_index(["run_key", "seed"]).index]
     assert list(again["timestamp"]) == list(kept["timestamp"]) and list(again["top1"]) == list(kept["top1"])
+
+
+def test_arm_table_pools_accuracy_but_not_speed_across_devices():
+    """Seeds trained on different machines pool for accuracy; img/s and s/run come from the
+    machine that trained most runs, so a slow CPU seed cannot drag a GPU arm's speed."""
+    import pandas as pd
+
+    from archbench.ablate.plan import Ablation
+    from archbench.ablate.report import arm_table, to_markdown
+    from archbench.train.loop import Recipe
+
+    arms = make_arms(BASE, [parse_vary("mlp_ratio=4,2")])
+    abl = Ablation(name="t", arms=arms, seeds=[0, 1, 2], recipe=Recipe(epochs=1))
+    gpu, cpu = "NVIDIA H100 80GB HBM3", "Some CPU @ 2.0GHz (2 threads)"
+    rows = [(arms[0].id, s, 70.0 + s, gpu, 1000.0, 100.0) for s in range(3)]
+    rows += [(arms[1].id, 0, 71.0, gpu, 900.0, 120.0),
+             (arms[1].id, 1, 72.0, cpu, 30.0, 2000.0), (arms[1].id, 2, 73.0, cpu, 40.0, 2200.0)]
+    runs = pd.DataFrame(rows, columns=["arm", "seed", "top1", "device", "throughput", "train_seconds"])
+    runs["status"], runs["wall_seconds"] = "ok", runs["train_seconds"] + 10
+    t = arm_table(abl, runs).set_index("arm")
+    r2 = t.loc[arms[1].id]
+    assert r2["seeds"] == 3 and r2["top1_mean"] == pytest.approx(72.0) and r2["diff"] == pytest.approx(1.0)
+    assert r2["throughput"] == 900.0 and r2["train_s_mean"] == 120.0 and r2["speed_device"] == gpu
+    assert r2["wall_s_total"] == pytest.approx(130 + 2010 + 2210)
+    md = to_markdown(t.reset_index())
+    assert "runs per device" in md and "H100 80GB HBM3 ×1, CPU (2 threads) ×2; img/s, s/run on H100 80GB HBM3" in md
+    # one device: no extra column
+    assert "runs per device" not in to_markdown(arm_table(abl, runs[runs["device"] == gpu]))
+
+
+def test_run_identity_includes_numerics(tmp_path):
+    """A GPU trains under bf16 autocast, a CPU in fp32 (train.loop): such runs must not pair or
+    stand in for each other. GPU keys stay as they were, so the committed study still resumes."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from archbench.ablate.plan import Ablation, Arm
+    from archbench.ablate.runner import elsewhere, pending
+    from archbench.results import append_rows
+    from archbench.spec import ArchSpec
+    from archbench.train.loop import Recipe
+
+    committed = Path(__file__).resolve().parents[1] / "results/studies/shiftvit/runs.parquet"
+    row = pd.read_parquet(committed).iloc[0]
+    spec = ArchSpec.from_json(row["spec"])
+    recipe = Recipe(**{k: v for k, v in json.loads(row["recipe"]).items() if not k.startswith("limit_")})
+    arm = Arm(id=row["arm"], changes={}, labels={}, spec=spec, cost=None)
+    data = {"name": row["dataset"].split(":")[0], "download": False, "limit_train": None, "limit_test": None}
+    gpu = Ablation(name="x", arms=[arm], seeds=[0], recipe=recipe, dataset=data, device="cuda")
+    assert gpu.run_key(arm) == row["run_key"]  # recorded by the H100 run
+    cpu = dataclasses.replace(gpu, device="cpu")
+    assert cpu.run_key(arm) != gpu.run_key(arm) and (cpu.numerics, gpu.numerics) == ("fp32", "bf16 autocast")
+
+    cpu = dataclasses.replace(cpu, out=str(tmp_path), seeds=[0, 1], arms=[dataclasses.replace(arm, is_base=True)])
+    append_rows(tmp_path / "runs", [{"run_key": cpu.run_key(arm), "seed": s, "status": "ok"} for s in (0, 1)])
+    gpu = dataclasses.replace(cpu, device="cuda")
+    assert len(pending(cpu)) == 0 and len(pending(gpu)) == 2
+    assert elsewhere(gpu) == {"fp32": 2} and elsewhere(cpu) == {}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from archbench.ablate.budget import ADJUST, METRICS
-from archbench.ablate.plan import DESIGNS, Ablation, Arm
+from archbench.ablate.plan import DESIGNS, GPU_NUMERICS, Ablation, Arm
 
 
 def add_ablate_parser(sub, add_model_args, add_train_args, default_device: str) -> None:
@@ -118,7 +118,10 @@ def run_with_progress(console, abl: Ablation, todo, jobs: int, sections: dict[st
                               + f"  {row['wall_seconds']:.0f}s")
 
         def on_epoch(arm, seed, epoch, m):
-            bar.update(task, info=f"{arm.id} seed {seed}: epoch {epoch}/{abl.recipe.epochs} top-1 {m['top1']:.1f}%")
+            info = f"{arm.id} seed {seed}: epoch {epoch}/{abl.recipe.epochs} top-1 {m['top1']:.1f}%"
+            bar.update(task, info=info)
+            if not bar.console.is_terminal:  # a log file gets no live bar: give it a line per epoch
+                bar.console.print(f"  {info}")
 
         try:
             return run_jobs(abl, todo, jobs=jobs, sections=sections, on_done=on_done, on_epoch=on_epoch)
@@ -132,6 +135,17 @@ def run_with_progress(console, abl: Ablation, todo, jobs: int, sections: dict[st
             raise
 
 
+def note_elsewhere(console, *abls: Ablation) -> None:
+    """Say so when runs of these arms are in the table but under other numerics (retrained here)."""
+    from archbench.ablate.runner import elsewhere
+
+    for other, n in elsewhere(*abls).items():
+        kind = "a GPU" if other == GPU_NUMERICS else "a CPU"
+        console.print(f"note: {n} runs of these arms in {abls[0].out}/runs were trained with {other} on {kind}; they "
+                      f"do not pair with {abls[0].numerics} runs on {abls[0].device}, so they are not reused (pass "
+                      f"--device {'cuda' if kind == 'a GPU' else 'cpu'} to continue those)")
+
+
 def train_and_report(console, abl: Ablation, jobs: int, json_out: bool = False) -> int:
     from archbench.ablate.report import arms_json, to_markdown, write_outputs
     from archbench.ablate.runner import load_runs, pending
@@ -139,6 +153,7 @@ def train_and_report(console, abl: Ablation, jobs: int, json_out: bool = False) 
     todo = pending(abl)
     total = len(abl.arms) * len(abl.seeds)
     console.print(f"{len(todo)} of {total} runs to train ({total - len(todo)} already in {abl.out}/runs)")
+    note_elsewhere(console, abl)
     run_with_progress(console, abl, todo, jobs)
     runs = load_runs(abl)
     table, files = write_outputs(abl, runs)

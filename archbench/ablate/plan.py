@@ -51,12 +51,29 @@ class Ablation:
     def base(self) -> Arm:
         return next(a for a in self.arms if a.is_base)
 
+    @property
+    def numerics(self) -> str:
+        return numerics(self.device)
+
     def run_key(self, arm: Arm) -> str:
-        """Identifies a trained (arm, recipe, data) combination: a rerun skips finished ones."""
-        blob = json.dumps({"spec": canonical_spec(arm.spec), "recipe": self.recipe.as_dict(),
-                           "data": {k: v for k, v in self.dataset.items() if k != "data_dir"}},
-                          sort_keys=True, default=str)
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+        """Identifies a trained (arm, recipe, data, numerics) combination: a rerun skips finished
+        ones, and runs under other numerics (a CPU's fp32 vs a GPU's bf16 autocast) never pair."""
+        ident: dict[str, Any] = {"spec": canonical_spec(arm.spec), "recipe": self.recipe.as_dict(),
+                                 "data": {k: v for k, v in self.dataset.items() if k != "data_dir"}}
+        if self.numerics != GPU_NUMERICS:
+            # GPU keys leave the field out: they were made before numerics joined the key, and
+            # committed GPU runs must stay resumable
+            ident["numerics"] = self.numerics
+        return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+GPU_NUMERICS = "bf16 autocast"
+
+
+def numerics(device: str) -> str:
+    """How the training loop computes on ``device`` (see ``train.loop.train``): bf16 autocast on
+    a GPU, fp32 elsewhere. Part of a run's identity: it changes the numbers."""
+    return GPU_NUMERICS if str(device).startswith("cuda") else "fp32"
 
 
 def canonical_spec(spec: ArchSpec) -> dict[str, Any]:

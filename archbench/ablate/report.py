@@ -16,9 +16,24 @@ from archbench.ablate.stats import paired_diff, summarize
 METRIC = "top1"
 
 
+def short_device(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' → 'H100 80GB HBM3'; a CPU's model name → 'CPU (n threads)'."""
+    if name.startswith("NVIDIA "):
+        return name[len("NVIDIA "):]
+    if "threads)" in name:
+        return "CPU (" + name.rsplit("(", 1)[1]
+    return name
+
+
 def arm_table(abl: Ablation, runs: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
-    """One row per arm (base first). Only runs with status ok count."""
+    """One row per arm (base first). Only runs with status ok count.
+
+    Accuracy pools every seed whatever machine trained it (same recipe, seeds and data order),
+    but speed and time only compare within one machine: when the runs span several devices, the
+    speed columns come from the device that trained most runs (``speed_device``), and from
+    another only for an arm that has no run there (``speed_device`` says which)."""
     ok = runs[runs["status"] == "ok"] if not runs.empty else runs
+    main_dev = ok["device"].astype(str).value_counts().index[0] if len(ok) else ""
     by_arm = {a.id: ok[ok["arm"] == a.id] for a in abl.arms} if not ok.empty else {a.id: ok for a in abl.arms}
     base = by_arm[abl.base.id]
     base_vals = dict(zip(base["seed"].astype(int), base[metric].astype(float))) if len(base) else {}
@@ -41,12 +56,17 @@ def arm_table(abl: Ablation, runs: pd.DataFrame, metric: str = METRIC) -> pd.Dat
         else:
             row.update({"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan})
         n_failed = int((runs["arm"] == arm.id).sum() - len(sub)) if not runs.empty else 0
+        devs = sub["device"].astype(str).value_counts() if len(sub) else pd.Series(dtype=int)
+        fast = sub[sub["device"].astype(str) == main_dev] if main_dev in devs else sub
         row.update({
-            "throughput": float(sub["throughput"].median()) if len(sub) else math.nan,
-            "train_s_mean": float(sub["train_seconds"].mean()) if len(sub) else math.nan,
+            "throughput": float(fast["throughput"].median()) if len(fast) else math.nan,
+            "train_s_mean": float(fast["train_seconds"].mean()) if len(fast) else math.nan,
             "wall_s_total": float(sub["wall_seconds"].sum()) if len(sub) else math.nan,
             "failed": n_failed,
-            "device": ", ".join(sorted(set(sub["device"].astype(str)))) if len(sub) else "",
+            "device": ", ".join(sorted(devs.index)),
+            "runs_per_device": ", ".join(f"{short_device(d)} ×{n}" for d, n in
+                                         sorted(devs.items(), key=lambda kv: kv[0] != main_dev)),
+            "speed_device": str(fast["device"].iloc[0]) if len(fast) else "",
         })
         out.append(row)
     return pd.DataFrame(out)
@@ -56,11 +76,20 @@ def _f(v: float, fmt: str) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
+def _where(r: pd.Series) -> str:
+    if not r["speed_device"]:
+        return ""
+    return f"{r['runs_per_device']}; img/s, s/run on {short_device(r['speed_device'])}"
+
+
 def to_markdown(table: pd.DataFrame, conf: float = 0.95, metric: str = METRIC) -> str:
     """The arm table as GitHub markdown (top-1 in %, differences in points)."""
+    devices = set(", ".join(table["device"]).split(", ")) - {""} if "device" in table else set()
+    mixed = len(devices) > 1  # then each row says where its seeds ran and where its speed comes from
     head = (f"| arm | depths | dims | params (M) | GMACs | budget | seeds | {metric} % (mean ± std) | "
-            f"Δ vs base (pts) [{conf:.0%} CI] | p | img/s | train s/run | wall s (all seeds) |")
-    lines = [head, "|" + "---|" * 13]
+            f"Δ vs base (pts) [{conf:.0%} CI] | p | img/s | train s/run | wall s (all seeds) |"
+            + (" runs per device |" if mixed else ""))
+    lines = [head, "|" + "---|" * (14 if mixed else 13)]
     for _, r in table.iterrows():
         diff = "base" if r["base"] else (f"{_f(r['diff'], '+.2f')} [{_f(r['ci_low'], '+.2f')}, "
                                          f"{_f(r['ci_high'], '+.2f')}]")
@@ -69,7 +98,8 @@ def to_markdown(table: pd.DataFrame, conf: float = 0.95, metric: str = METRIC) -
             f"{r['budget'] or ('target' if r['base'] else '')} | {r['seeds']} | "
             f"{_f(r[f'{metric}_mean'], '.2f')} ± {_f(r[f'{metric}_std'], '.2f')} | {diff} | "
             f"{'' if r['base'] else _f(r['p_value'], '.3f')} | {_f(r['throughput'], '.0f')} | "
-            f"{_f(r['train_s_mean'], '.1f')} | {_f(r['wall_s_total'], '.0f')} |")
+            f"{_f(r['train_s_mean'], '.1f')} | {_f(r['wall_s_total'], '.0f')} |"
+            + (f" {_where(r)} |" if mixed else ""))
     return "\n".join(lines)
 
 

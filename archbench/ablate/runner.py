@@ -35,6 +35,28 @@ def finished(abl: Ablation) -> set[tuple[str, int]]:
     return {(k, int(s)) for k, s in zip(df["run_key"], df["seed"])}
 
 
+def elsewhere(*abls: Ablation) -> dict[str, int]:
+    """Runs in the (shared) table that are these ablations' arms and seeds but were trained under
+    other numerics, so they do not count here: numerics → count. Lets the CLI say why they are
+    trained again."""
+    import dataclasses
+
+    stem = table_stem(abls[0])
+    if not stem.with_suffix(".parquet").exists():
+        return {}
+    rows = set(zip(*[read_table(stem)[c] for c in ("run_key", "seed")]))
+    out = {}
+    for dev in ("cuda", "cpu"):
+        others = [dataclasses.replace(a, device=dev) for a in abls]
+        if others[0].numerics == abls[0].numerics:
+            continue
+        keys = {(o.run_key(arm), s) for o in others for arm in o.arms for s in o.seeds}
+        n = len(keys & {(k, int(s)) for k, s in rows})
+        if n:
+            out[others[0].numerics] = n
+    return out
+
+
 def pending(abl: Ablation) -> list[tuple[Arm, int]]:
     done = finished(abl)
     return [(arm, s) for arm in abl.arms for s in abl.seeds if (abl.run_key(arm), s) not in done]
@@ -44,7 +66,7 @@ def _label_row(abl: Ablation, arm: Arm, seed: int, row: dict[str, Any], section:
     row = dict(row)
     row.update({
         "ablation": abl.name, "section": section or "", "arm": arm.id, "is_base": arm.is_base,
-        "factors": json.dumps(arm.labels), "run_key": abl.run_key(arm), "seed": seed,
+        "factors": json.dumps(arm.labels), "run_key": abl.run_key(arm), "seed": seed, "numerics": abl.numerics,
         "depths": "-".join(str(s.depth) for s in arm.spec.stages),
         "dims": "-".join(str(s.dim) for s in arm.spec.stages),
         "budget": arm.match.describe() if arm.match and not arm.is_base else "",

@@ -25,17 +25,21 @@ def add_study_parser(sub, add_train_args, default_device: str) -> None:
     s.add_argument("--seeds", type=int, help="seeds per arm (default: the profile's)")
     s.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     s.add_argument("--jobs", type=int, help="runs at once (default: 1 on CPU, 12 on a GPU: small models leave it mostly idle)")
-    s.add_argument("--device", default=default_device)
+    s.add_argument("--device", help=f"default: {default_device}; with --report-only, the device kind (GPU: bf16 "
+                                    "autocast, CPU: fp32) that trained most of the runs there")
     s.add_argument("--out", help="output folder (default: results/studies/shiftvit, or .../shiftvit-quick)")
     s.add_argument("--dry-run", action="store_true", help="build and match the arms, train nothing")
     s.add_argument("--report-only", action="store_true",
                    help="train nothing: write the tables, plots and report from the runs already there")
-    s.set_defaults(func=cmd_study)
+    s.set_defaults(func=cmd_study, default_device=default_device)
 
 
 def cmd_study(args) -> int:
-    from archbench.ablate.cli import check_counts, print_plan, run_with_progress
-    from archbench.ablate.runner import load_runs, pending
+    import dataclasses
+
+    from archbench.ablate.cli import check_counts, note_elsewhere, print_plan, run_with_progress
+    from archbench.ablate.plan import numerics
+    from archbench.ablate.runner import elsewhere, load_runs, pending
     from archbench.cli import UsageError, _console
     from archbench.studies import shiftvit
     from archbench.train.data import load_dataset
@@ -51,7 +55,8 @@ def cmd_study(args) -> int:
     bad = [s for s in sections if s not in SECTIONS]
     if bad or not sections:
         raise UsageError(f"unknown section {bad[0] if bad else '(none given)'!r}; allowed: {', '.join(SECTIONS)}")
-    jobs = args.jobs or (12 if args.device.startswith("cuda") else 1)
+    device = args.device or args.default_device
+    jobs = args.jobs or (12 if device.startswith("cuda") else 1)
     seeds = args.seeds if args.seeds is not None else prof.seeds
     check_counts(seeds, jobs)
     dataset = args.dataset or prof.dataset
@@ -73,9 +78,18 @@ def cmd_study(args) -> int:
     console = _console()
     t0 = time.perf_counter()
     with console.status("building the arms and matching budgets") as st:
-        secs = shiftvit.build(prof, dataset=cfg, recipe=recipe, seeds=list(range(seeds)), device=args.device,
+        secs = shiftvit.build(prof, dataset=cfg, recipe=recipe, seeds=list(range(seeds)), device=device,
                               out=out, command=command, sections=sections,
                               on_arm=lambda a: st.update(f"building and matching: {a}"))
+    if args.report_only and args.device is None:
+        # report what is there: switch to the other numerics if most runs were trained under them
+        other = "cpu" if device.startswith("cuda") else "cuda"
+        there = {(sec.ablation.run_key(a), s) for sec in secs for a in sec.ablation.arms for s in sec.ablation.seeds}
+        there -= {(sec.ablation.run_key(a), s) for sec in secs for a, s in pending(sec.ablation)}
+        if elsewhere(*(sec.ablation for sec in secs)).get(numerics(other), 0) > len(there):
+            device = other
+            secs = [dataclasses.replace(sec, ablation=dataclasses.replace(sec.ablation, device=device))
+                    for sec in secs]
     for sec in secs:
         print_plan(console, sec.ablation)
     if args.dry_run:
@@ -90,14 +104,14 @@ def cmd_study(args) -> int:
                 owner.setdefault(arm.key, sec.key)
     total = len({(sec.ablation.run_key(a), s) for sec in secs for a in sec.ablation.arms for s in sec.ablation.seeds})
     if args.report_only:
-        console.print(f"--report-only: {total - len(todo)} of {total} runs are there; {len(todo)} left untrained")
+        console.print(f"--report-only: {total - len(todo)} of {total} runs ({numerics(device)}) are there; "
+                      f"{len(todo)} left untrained")
         todo = []
     else:
         console.print(f"{len(todo)} of {total} runs to train ({total - len(todo)} already in {out}/runs), {jobs} at a time "
-                      f"on {args.device}")
+                      f"on {device} ({numerics(device)})")
+        note_elsewhere(console, *(sec.ablation for sec in secs))
     # the sections share one table; label each run by the first section that owns its arm
-    import dataclasses
-
     run_with_progress(console, dataclasses.replace(secs[0].ablation, name="shiftvit"), todo, jobs, sections=owner)
     from archbench.studies.report import write_study
 

@@ -35,8 +35,9 @@ def conclusions(key: str, table: pd.DataFrame, conf: float) -> list[str]:
     rows = {a: r for a, r in rows.items() if r["seeds"] > 0}
     table = table[table["seeds"] > 0]
     if missing:
-        lines.append(f"**Incomplete:** {', '.join(missing)} did not finish all seeds in the GPU time this run had "
-                     "(see the seeds column); rerunning the same command trains only what is missing.")
+        lines.append(f"**Incomplete:** {', '.join(missing)} ha{'ve' if len(missing) > 1 else 's'} fewer than the "
+                     f"{len(table.attrs.get('seeds', []))} seeds (see the seeds column): the device time ran out. "
+                     "Rerunning the same command trains only what is missing.")
     if key == "mixer":
         sh, no = rows.get("mixer=shift"), rows.get("mixer=none")
         if sh is not None:
@@ -70,7 +71,8 @@ def write_study(secs, runs_by_section: dict[str, pd.DataFrame], out: Path, profi
     parts = []
     all_runs = pd.concat([r for r in runs_by_section.values() if not r.empty]) if any(
         not r.empty for r in runs_by_section.values()) else pd.DataFrame()
-    devices = sorted(set(all_runs["device"].astype(str))) if not all_runs.empty else []
+    devices = all_runs.drop_duplicates(["run_key", "seed"])["device"].astype(str).value_counts() \
+        if not all_runs.empty else pd.Series(dtype=int)
     first = secs[0].ablation
     uniq = all_runs.drop_duplicates(["run_key", "seed"]) if not all_runs.empty else all_runs
     parts += [
@@ -85,8 +87,9 @@ def write_study(secs, runs_by_section: dict[str, pd.DataFrame], out: Path, profi
         f"/{first.dataset.get('limit_test')}",
         f"- Recipe (every arm): {recipe.as_dict()}",
         f"- Seeds per arm: {list(first.seeds)} — paired: seed s gives every arm the same data order and augmentation "
-        "draws; Δ is arm − base per seed, with a Student-t interval over seeds",
-        f"- Device(s): {', '.join(devices) or 'n/a'}; {len(uniq)} distinct runs, "
+        "draws (on one kind of device); Δ is arm − base per seed, with a Student-t interval over seeds",
+        f"- Device(s): {', '.join(f'{d} ({n} runs)' for d, n in devices.items()) or 'n/a'}, training under "
+        f"{first.numerics}; {len(uniq)} distinct runs, "
         f"{uniq['wall_seconds'].sum() / 60 if not uniq.empty else 0:.1f} min of run time in all "
         f"(this invocation: {elapsed / 60:.1f} min wall)",
         f"- Base model: ShiftViT-like pyramid {profile.base} at {profile.img_size}x{profile.img_size}; budget matching "
