@@ -137,6 +137,7 @@ def write_study(secs, runs_by_section: dict[str, pd.DataFrame], out: Path, profi
         "training, several runs sharing the device, so compare it within a section only.",
         "- Each Δ is paired over the seeds listed; with 3 seeds the t-intervals are wide, and 'covers 0' "
         "means 'not detected', not 'equal'.",
+        *[f"- {c}" for c in profile.caveats],
         "",
         "Tables: `<section>_arms.parquet|csv|md`; every run: `runs.parquet|csv` (spec, recipe, history, provenance).",
     ]
