@@ -56,6 +56,42 @@ def _img_size(text: str) -> int | tuple[int, int]:
     return int(m[1]) if m[2] is None else (int(m[1]), int(m[2]))
 
 
+def device_problem(text: str) -> str | None:
+    """Why ``text`` cannot be used as a device here (None if it can): a bad name, no GPU, no such GPU."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        return f"unknown device {text!r}; use cpu, cuda or cuda:N"
+    if dev.type not in ("cpu", "cuda"):
+        return f"device {text!r} is not supported; use cpu, cuda or cuda:N"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "" if torch.version.cuda else ", which was built without CUDA"
+            return f"device {text!r}: no CUDA GPU is visible to torch {torch.__version__}{why}; use --device cpu"
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            return f"device {text!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
+    return None
+
+
+def _device(text: str) -> str:
+    """--device: a device this machine has."""
+    problem = device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _device_name(text: str) -> str:
+    """--device where the device is only needed for some uses (a report of GPU runs on a laptop)."""
+    problem = device_problem(text)
+    if problem and not problem.startswith(f"device {text!r}: "):
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
@@ -640,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-speed", action="store_true", help="skip timing: sizes and FLOPs only")
     pr.add_argument("--no-train", action="store_true", help="skip the training-step timing")
     pr.add_argument("--batch-size", type=int, default=8, help="inference batch (latency is always batch 1)")
-    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    pr.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, ...")
     pr.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
     pr.add_argument("--channels-last", action="store_true")
     pr.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"])
@@ -654,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(r)
     add_train_args(r)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    r.add_argument("--device", type=_device, default="cuda" if _cuda() else "cpu")
     r.add_argument("--out", default="results/runs", help="results table stem ('' to keep none)")
     r.add_argument("--json", action="store_true", help="print the row as one JSON object (last stdout line)")
     r.set_defaults(func=cmd_run)
@@ -666,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", required=True, help="validation folder: <class>/<image>")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    e.add_argument("--device", type=_device, default="cuda" if _cuda() else "cpu")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -677,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--study", help="study name (default: the space's name)")
     se.add_argument("--workers", type=int, default=1, help="processes sharing the storage")
     se.add_argument("--timeout", type=float, help="seconds per worker")
-    se.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    se.add_argument("--device", type=_device, default="cuda" if _cuda() else "cpu")
     se.add_argument("--results-dir", default="results/search")
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=cmd_search)
@@ -698,9 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=fn)
 
     from archbench.ablate.cli import add_ablate_parser
-    add_ablate_parser(sub, add_model_args, add_train_args, "cuda" if _cuda() else "cpu")
+    add_ablate_parser(sub, add_model_args, add_train_args, "cuda" if _cuda() else "cpu", _device)
     from archbench.studies.cli import add_study_parser
-    add_study_parser(sub, add_train_args, "cuda" if _cuda() else "cpu")
+    add_study_parser(sub, add_train_args, "cuda" if _cuda() else "cpu", _device_name)
 
     m = sub.add_parser("models", help="list the published models (the zoo)")
     m.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'shiftvit_*'")

@@ -72,3 +72,24 @@ def test_models_lists_the_zoo(capsys):
     rows = json.loads(out)
     assert code == 0 and [r["name"] for r in rows] == [f"volo_d{i}" for i in range(1, 6)]
     assert all(r["params"] == r["params_ref"] for r in rows)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--device", "tpu"], "unknown device 'tpu'; use cpu, cuda or cuda:N"),
+    (["profile", "--model", "deit_tiny", "--device", "mps"], "device 'mps' is not supported"),
+    (["ablate", "--vary", "mixer=shift,none", "--device", "cuda"], "no CUDA GPU is visible"),
+    (["study", "shiftvit", "--quick", "--device", "cuda"], "no CUDA GPU is visible"),
+    (["search", "x.yaml", "--device", "cuda:0"], "no CUDA GPU is visible"),
+])
+def test_bad_device_is_refused_before_any_work(capsys, argv, needle):
+    """A device this machine lacks is one line (exit 2) at the edge, not a CUDA traceback mid-run."""
+    import torch
+
+    if "CUDA" in needle and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own exit for a bad flag value
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err.strip().splitlines()[-1] and "Traceback" not in err

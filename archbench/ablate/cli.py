@@ -13,7 +13,7 @@ from archbench.ablate.budget import ADJUST, METRICS
 from archbench.ablate.plan import DESIGNS, GPU_NUMERICS, Ablation, Arm
 
 
-def add_ablate_parser(sub, add_model_args, add_train_args, default_device: str) -> None:
+def add_ablate_parser(sub, add_model_args, add_train_args, default_device: str, device_type) -> None:
     a = sub.add_parser("ablate", help="paired ablation: vary factors of a base model, optionally at a matched budget",
                        description="Every arm (the base model with factor values put in) is trained with the same "
                                    "recipe, seeds and data order; the table gives mean ± std per arm and the paired "
@@ -32,7 +32,7 @@ def add_ablate_parser(sub, add_model_args, add_train_args, default_device: str) 
     a.add_argument("--seed-start", type=int, default=0)
     a.add_argument("--conf", type=float, default=0.95, help="confidence level of the paired intervals")
     a.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
-    a.add_argument("--device", default=default_device)
+    a.add_argument("--device", type=device_type, default=default_device)
     a.add_argument("--name", help="ablation name (default: the factor names)")
     a.add_argument("--out", help="output folder (default: results/ablations/NAME)")
     a.add_argument("--dry-run", action="store_true", help="build and match the arms, train nothing")

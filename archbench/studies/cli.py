@@ -12,7 +12,7 @@ SECTIONS = ("mixer", "gamma", "mlp_ratio", "components")
 PROFILE_NAMES = ("quick", "cpu", "default")  # studies.shiftvit.PROFILES, named here so the parser stays light
 
 
-def add_study_parser(sub, add_train_args, default_device: str) -> None:
+def add_study_parser(sub, add_train_args, default_device: str, device_type) -> None:
     s = sub.add_parser("study", help="a paper's ablation study as a preset (shiftvit)",
                        description="Runs the study's ablations (resumable: finished runs are kept), then writes "
                                    "the tables, plots and report.md.")
@@ -28,8 +28,9 @@ def add_study_parser(sub, add_train_args, default_device: str) -> None:
     s.add_argument("--seeds", type=int, help="seeds per arm (default: the profile's)")
     s.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     s.add_argument("--jobs", type=int, help="runs at once (default: 1 on CPU, 12 on a GPU: small models leave it mostly idle)")
-    s.add_argument("--device", help=f"default: {default_device}; with --report-only, the device kind (GPU: bf16 "
-                                    "autocast, CPU: fp32) that trained most of the runs there")
+    s.add_argument("--device", type=device_type,
+                   help=f"default: {default_device}; with --report-only, the kind of device (GPU: bf16 autocast, "
+                        "CPU: fp32) that trained most of the runs there")
     s.add_argument("--out", help="output folder (default: results/studies/shiftvit, or .../shiftvit-quick)")
     s.add_argument("--dry-run", action="store_true", help="build and match the arms, train nothing")
     s.add_argument("--report-only", action="store_true",
@@ -43,7 +44,7 @@ def cmd_study(args) -> int:
     from archbench.ablate.cli import check_counts, note_elsewhere, print_plan, run_with_progress
     from archbench.ablate.plan import numerics
     from archbench.ablate.runner import elsewhere, load_runs, pending
-    from archbench.cli import UsageError, _console
+    from archbench.cli import UsageError, _console, device_problem
     from archbench.studies import shiftvit
     from archbench.train.data import load_dataset
     from archbench.train.loop import Recipe
@@ -59,6 +60,10 @@ def cmd_study(args) -> int:
     if bad or not sections:
         raise UsageError(f"unknown section {bad[0] if bad else '(none given)'!r}; allowed: {', '.join(SECTIONS)}")
     device = args.device or args.default_device
+    if not (args.report_only or args.dry_run):
+        problem = device_problem(device)
+        if problem:
+            raise UsageError(problem)
     jobs = args.jobs or (12 if device.startswith("cuda") else 1)
     seeds = args.seeds if args.seeds is not None else prof.seeds
     check_counts(seeds, jobs)
