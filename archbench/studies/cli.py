@@ -19,7 +19,7 @@ def add_study_parser(sub, add_train_args, default_device: str, device_type) -> N
     s.add_argument("study", help=f"which study: {', '.join(STUDIES)}")
     s.add_argument("--quick", action="store_true", help="the quick profile: digits, 2 seeds, 4 epochs (<15 min on a CPU)")
     s.add_argument("--profile", choices=PROFILE_NAMES,
-                   help="scale: quick (digits, a CPU smoke run), cpu (a CIFAR-10 subset, ~1.5 h on 2 cores), default "
+                   help="scale: quick (digits, a CPU smoke run), cpu (a CIFAR-10 subset, ~1 h on 2 cores), default "
                         "(all of CIFAR-10, sized for a GPU); default: default, or quick with --quick")
     add_train_args(s)
     for a in s._actions:  # the profile decides these unless given

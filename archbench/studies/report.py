@@ -130,8 +130,8 @@ def write_study(secs, runs_by_section: dict[str, pd.DataFrame], out: Path, profi
         "",
         "- A proxy: a ~1-10 M-parameter pyramid on 32x32 images, trained briefly, not Swin-T/ShiftViT-T on "
         "ImageNet for 300 epochs; rankings at this scale need not transfer.",
-        "- `msa` here is global attention, not Swin's shifted windows (at 16x16 tokens a 7x7 window covers most of "
-        "the map); `cross-attn` is archbench's single-branch cross-scale attention, not CrossViT's two-branch model.",
+        "- `msa` here is global attention, not Swin's shifted windows (on grids of 16x16 tokens or fewer a 7x7 "
+        "window covers most of the map); `cross-attn` is archbench's single-branch cross-scale attention, not CrossViT's two-branch model.",
         "- Budgets are matched in fvcore GMACs, not wall-clock: deeper zero-FLOP arms are slower per image "
         "(see the img/s column and the throughput plots). Throughput is the eval pass measured while "
         "training, several runs sharing the device, so compare it within a section only.",

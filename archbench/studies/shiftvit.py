@@ -57,7 +57,7 @@ PROFILES = {
                    seeds=3, recipe=dict(epochs=8, batch_size=128, lr=2e-3, warmup_epochs=1.0),
                    limit_train=20_000, limit_test=5_000,
                    about="CIFAR-10, class-balanced subsets of 20k train / 5k test images at 32x32, patch 4, width "
-                         "24..192, 3 seeds, 8 epochs at batch 128; sized for a CPU (about 1.5 h on 2 cores, 2 runs "
+                         "24..192, 3 seeds, 8 epochs at batch 128; sized for a CPU (about 1 h on 2 cores, 2 runs "
                          "at a time)",
                    caveats=("Patch 4 on 32x32 images leaves 8x8, 4x4, 2x2 and 1x1 token grids: the mixers act in the "
                             "first three stages only, and attention is cheap at 64 tokens, so the budget it frees for "
