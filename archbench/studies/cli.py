@@ -31,7 +31,8 @@ def add_study_parser(sub, add_train_args, default_device: str, device_type) -> N
     s.add_argument("--device", type=device_type,
                    help=f"default: {default_device}; with --report-only, the kind of device (GPU: bf16 autocast, "
                         "CPU: fp32) that trained most of the runs there")
-    s.add_argument("--out", help="output folder (default: results/studies/shiftvit, or .../shiftvit-quick)")
+    s.add_argument("--out", help="output folder (default: results/studies/shiftvit for the default profile, "
+                                 "results/studies/shiftvit-<profile> for the others)")
     s.add_argument("--dry-run", action="store_true", help="build and match the arms, train nothing")
     s.add_argument("--report-only", action="store_true",
                    help="train nothing: write the tables, plots and report from the runs already there")
