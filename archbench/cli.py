@@ -56,8 +56,9 @@ def _img_size(text: str) -> int | tuple[int, int]:
     return int(m[1]) if m[2] is None else (int(m[1]), int(m[2]))
 
 
-def device_problem(text: str) -> str | None:
-    """Why ``text`` cannot be used as a device here (None if it can): a bad name, no GPU, no such GPU."""
+def device_problem(text: str, *, present: bool = True) -> str | None:
+    """Why ``text`` cannot be used as a device here (None if it can): a bad name, or (``present``)
+    no GPU / no such GPU on this machine."""
     import torch
 
     try:
@@ -66,7 +67,7 @@ def device_problem(text: str) -> str | None:
         return f"unknown device {text!r}; use cpu, cuda or cuda:N"
     if dev.type not in ("cpu", "cuda"):
         return f"device {text!r} is not supported; use cpu, cuda or cuda:N"
-    if dev.type == "cuda":
+    if dev.type == "cuda" and present:
         if not torch.cuda.is_available():
             why = "" if torch.version.cuda else ", which was built without CUDA"
             return f"device {text!r}: no CUDA GPU is visible to torch {torch.__version__}{why}; use --device cpu"
@@ -86,8 +87,8 @@ def _device(text: str) -> str:
 
 def _device_name(text: str) -> str:
     """--device where the device is only needed for some uses (a report of GPU runs on a laptop)."""
-    problem = device_problem(text)
-    if problem and not problem.startswith(f"device {text!r}: "):
+    problem = device_problem(text, present=False)
+    if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
 
@@ -656,6 +657,7 @@ def cmd_plot(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    default_device = "cuda" if _cuda() else "cpu"
 
     s = sub.add_parser("spec", help="print the resolved spec (YAML, or JSON with --json)")
     add_model_args(s)
@@ -690,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(r)
     add_train_args(r)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", type=_device, default="cuda" if _cuda() else "cpu")
+    r.add_argument("--device", type=_device, default=default_device)
     r.add_argument("--out", default="results/runs", help="results table stem ('' to keep none)")
     r.add_argument("--json", action="store_true", help="print the row as one JSON object (last stdout line)")
     r.set_defaults(func=cmd_run)
@@ -702,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", required=True, help="validation folder: <class>/<image>")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--device", type=_device, default="cuda" if _cuda() else "cpu")
+    e.add_argument("--device", type=_device, default=default_device)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -713,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--study", help="study name (default: the space's name)")
     se.add_argument("--workers", type=int, default=1, help="processes sharing the storage")
     se.add_argument("--timeout", type=float, help="seconds per worker")
-    se.add_argument("--device", type=_device, default="cuda" if _cuda() else "cpu")
+    se.add_argument("--device", type=_device, default=default_device)
     se.add_argument("--results-dir", default="results/search")
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=cmd_search)
@@ -734,9 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=fn)
 
     from archbench.ablate.cli import add_ablate_parser
-    add_ablate_parser(sub, add_model_args, add_train_args, "cuda" if _cuda() else "cpu", _device)
+    add_ablate_parser(sub, add_model_args, add_train_args, default_device, _device)
     from archbench.studies.cli import add_study_parser
-    add_study_parser(sub, add_train_args, "cuda" if _cuda() else "cpu", _device_name)
+    add_study_parser(sub, add_train_args, default_device, _device_name)
 
     m = sub.add_parser("models", help="list the published models (the zoo)")
     m.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'shiftvit_*'")

@@ -46,16 +46,25 @@ def measure(spec: ArchSpec) -> Cost:
     return Cost(count_params(model).total, count_macs(model, (1, spec.in_chans, *spec.img_size)).gmacs)
 
 
+def shape(spec: ArchSpec) -> dict[str, list[int]]:
+    """Per-stage depths and widths: what budget matching may change."""
+    return {"depths": [s.depth for s in spec.stages], "dims": [s.dim for s in spec.stages]}
+
+
 @dataclass
 class Match:
-    """How an arm was matched: what changed and how close it landed."""
+    """How an arm was matched: what changed, and the cost it landed on (the matched model's)."""
 
     metric: str
     adjust: str
     target: float
-    value: float
+    cost: Cost
     before: dict = field(default_factory=dict)  # depths/dims before
     after: dict = field(default_factory=dict)
+
+    @property
+    def value(self) -> float:
+        return self.cost.get(self.metric)
 
     @property
     def rel_error(self) -> float:
@@ -93,28 +102,28 @@ def match_budget(spec: ArchSpec, target: float, *, metric: str = "gmacs", adjust
         raise ValueError(f"the budget tolerance must be > 0, got {tol!r}")
     if not target > 0:
         raise ValueError(f"the budget to match must be > 0, got {target!r}")
-    before = {"depths": [s.depth for s in spec.stages], "dims": [s.dim for s in spec.stages]}
-    base_cost = measure_fn(spec).get(metric)
-    if abs(base_cost - target) <= tol * target:
+    before = shape(spec)
+    base_cost = measure_fn(spec)
+    if abs(base_cost.get(metric) - target) <= tol * target:
         return spec, Match(metric, adjust, target, base_cost, before, before)
     fn = _by_depth if adjust == "depth" else _by_width
-    best_spec, best_val = fn(spec, target, metric, tol, measure_fn, base_cost, max_depth_factor)
-    after = {"depths": [s.depth for s in best_spec.stages], "dims": [s.dim for s in best_spec.stages]}
-    m = Match(metric, adjust, target, best_val, before, after)
-    if abs(best_val - target) > tol * target:
+    best_spec, best_cost = fn(spec, target, metric, tol, measure_fn, base_cost, max_depth_factor)
+    m = Match(metric, adjust, target, best_cost, before, shape(best_spec))
+    if abs(m.value - target) > tol * target:
         raise BudgetError(f"no {adjust} meets {metric} {_fmt(metric, target)} within ±{tol:.1%}: the closest is "
                           f"{m.describe()}")
     return best_spec, m
 
 
-def _by_depth(spec, target, metric, tol, measure_fn, base_cost, factor):
+def _by_depth(spec, target, metric, tol, measure_fn, base_cost: Cost, factor) -> tuple[ArchSpec, Cost]:
     depths = [s.depth for s in spec.stages]
+    base = base_cost.get(metric)
     slopes = []
     for i in range(len(depths)):
         bumped = list(depths)
         bumped[i] += 1
-        slopes.append(measure_fn(_with_depths(spec, bumped)).get(metric) - base_cost)
-    const = base_cost - sum(s * d for s, d in zip(slopes, depths))
+        slopes.append(measure_fn(_with_depths(spec, bumped)).get(metric) - base)
+    const = base - sum(s * d for s, d in zip(slopes, depths))
     while True:  # keep the box small enough to score exhaustively
         ranges = [range(1, max(d + 2, int(math.ceil(d * factor))) + 1) for d in depths]
         if math.prod(len(r) for r in ranges) <= 200_000 or factor <= 1.5:
@@ -135,16 +144,16 @@ def _by_depth(spec, target, metric, tol, measure_fn, base_cost, factor):
             s = _with_depths(spec, ds)
         except ValueError:
             continue
-        v = measure_fn(s).get(metric)
-        err = abs(v - target) / target
+        c = measure_fn(s)
+        err = abs(c.get(metric) - target) / target
         if err <= tol:
-            return s, v
+            return s, c
         if err < best[0]:
-            best = (err, s, v)
+            best = (err, s, c)
     return best[1], best[2]
 
 
-def _by_width(spec, target, metric, tol, measure_fn, base_cost, _factor):
+def _by_width(spec, target, metric, tol, measure_fn, base_cost: Cost, _factor) -> tuple[ArchSpec, Cost]:
     dims0 = [s.dim for s in spec.stages]
     quanta = [max(1, s.heads) * (2 if s.heads == 1 else 1) for s in spec.stages]
 
@@ -153,18 +162,19 @@ def _by_width(spec, target, metric, tol, measure_fn, base_cost, _factor):
         try:
             s = _with_dims(spec, dims)
         except ValueError:
-            return None, math.inf
-        return s, measure_fn(s).get(metric)
+            return None, None
+        return s, measure_fn(s)
 
-    lo, hi = (0.25, 1.0) if base_cost > target else (1.0, 4.0)
+    lo, hi = (0.25, 1.0) if base_cost.get(metric) > target else (1.0, 4.0)
     tried = []
     for _ in range(14):
         mid = math.sqrt(lo * hi)
-        s, v = at(mid)
+        s, c = at(mid)
+        v = math.inf if c is None else c.get(metric)
         if s is not None:
-            tried.append((abs(v - target) / target, s, v))
+            tried.append((abs(v - target) / target, s, c))
             if abs(v - target) <= tol * target:
-                return s, v
+                return s, c
         if v > target:
             hi = mid
         else:

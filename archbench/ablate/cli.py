@@ -140,10 +140,10 @@ def note_elsewhere(console, *abls: Ablation) -> None:
     from archbench.ablate.runner import elsewhere
 
     for other, n in elsewhere(*abls).items():
-        kind = "a GPU" if other == GPU_NUMERICS else "a CPU"
-        console.print(f"note: {n} runs of these arms in {abls[0].out}/runs were trained with {other} on {kind}; they "
-                      f"do not pair with {abls[0].numerics} runs on {abls[0].device}, so they are not reused (pass "
-                      f"--device {'cuda' if kind == 'a GPU' else 'cpu'} to continue those)")
+        dev = "cuda" if other == GPU_NUMERICS else "cpu"
+        console.print(f"note: {n} runs of these arms in {abls[0].out}/runs were trained with {other} on "
+                      f"{'a GPU' if dev == 'cuda' else 'a CPU'}; they do not pair with {abls[0].numerics} runs on "
+                      f"{abls[0].device}, so they are not reused (pass --device {dev} to continue those)")
 
 
 def train_and_report(console, abl: Ablation, jobs: int, json_out: bool = False) -> int:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from archbench.ablate.budget import BudgetError, Cost, Match, match_budget, measure
+from archbench.ablate.budget import BudgetError, Cost, Match, match_budget, measure, shape
 from archbench.ablate.factors import Factor, apply_changes
 from archbench.spec import ArchSpec
 from archbench.train.loop import Recipe
@@ -154,12 +154,10 @@ def make_arms(base: dict[str, Any] | ArchSpec, factors: Sequence[Factor], *, des
                                                    measure_fn=measure_fn)
             except BudgetError as e:
                 raise BudgetError(f"arm {arm.id}: {e}") from None
-        arm.cost = measure_fn(arm.spec)
+        arm.cost = arm.match.cost if arm.match else measure_fn(arm.spec)  # matching counted it already
         if arm.is_base and match:
             target = arm.cost.get(match)
-            arm.match = Match(match, adjust, target, target,
-                              {"depths": [s.depth for s in arm.spec.stages], "dims": [s.dim for s in arm.spec.stages]},
-                              {"depths": [s.depth for s in arm.spec.stages], "dims": [s.dim for s in arm.spec.stages]})
+            arm.match = Match(match, adjust, target, arm.cost, shape(arm.spec), shape(arm.spec))
     keys = {}
     for arm in arms:
         if arm.key in keys:

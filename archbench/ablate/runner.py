@@ -76,21 +76,27 @@ def _label_row(abl: Ablation, arm: Arm, seed: int, row: dict[str, Any], section:
     return row
 
 
+def _run(spec, dataset: dict[str, Any], recipe, seed: int, device: str, callback=None) -> dict[str, Any]:
+    """One (arm, seed) run: the ablation's dataset dict spelled out for ``run_experiment``."""
+    from archbench.train.run import run_experiment
+
+    return run_experiment(spec, dataset=dataset["name"], data_dir=dataset.get("data_dir"),
+                          download=dataset.get("download", False), recipe=recipe, seed=seed, device=device,
+                          callback=callback, limit_train=dataset.get("limit_train"),
+                          limit_test=dataset.get("limit_test"))
+
+
 def _train_one(payload: dict[str, Any]) -> dict[str, Any]:
     """Worker: one run (module-level so that a process pool can pickle it)."""
     import torch
 
     from archbench.spec import ArchSpec
     from archbench.train.loop import Recipe
-    from archbench.train.run import run_experiment
 
     if payload.get("threads"):
         torch.set_num_threads(payload["threads"])
-    ds = payload["dataset"]
-    return run_experiment(ArchSpec.from_json(payload["spec"]), dataset=ds["name"], data_dir=ds.get("data_dir"),
-                          download=ds.get("download", False), recipe=Recipe(**payload["recipe"]),
-                          seed=payload["seed"], device=payload["device"], limit_train=ds.get("limit_train"),
-                          limit_test=ds.get("limit_test"))
+    return _run(ArchSpec.from_json(payload["spec"]), payload["dataset"], Recipe(**payload["recipe"]),
+                payload["seed"], payload["device"])
 
 
 def run_jobs(abl: Ablation, todo: Iterable[tuple[Arm, int]], *, jobs: int = 1,
@@ -111,16 +117,9 @@ def run_jobs(abl: Ablation, todo: Iterable[tuple[Arm, int]], *, jobs: int = 1,
             on_done(row)
 
     if jobs <= 1:
-        from archbench.train.run import run_experiment
-
-        ds = abl.dataset
         for arm, seed in todo:
             cb = (lambda e, m, arm=arm, seed=seed: on_epoch(arm, seed, e, m)) if on_epoch else None
-            row = run_experiment(arm.spec, dataset=ds["name"], data_dir=ds.get("data_dir"),
-                                 download=ds.get("download", False), recipe=abl.recipe, seed=seed,
-                                 device=abl.device, callback=cb, limit_train=ds.get("limit_train"),
-                                 limit_test=ds.get("limit_test"))
-            record(arm, seed, row)
+            record(arm, seed, _run(arm.spec, abl.dataset, abl.recipe, seed, abl.device, cb))
         return rows
 
     import multiprocessing as mp

@@ -44,7 +44,7 @@ def cmd_study(args) -> int:
 
     from archbench.ablate.cli import check_counts, note_elsewhere, print_plan, run_with_progress
     from archbench.ablate.plan import numerics
-    from archbench.ablate.runner import elsewhere, load_runs, pending
+    from archbench.ablate.runner import elsewhere, finished, load_runs, pending
     from archbench.cli import UsageError, _console, device_problem
     from archbench.studies import shiftvit
     from archbench.train.data import load_dataset
@@ -93,9 +93,8 @@ def cmd_study(args) -> int:
     if args.report_only and args.device is None:
         # report what is there: switch to the other numerics if most runs were trained under them
         other = "cpu" if device.startswith("cuda") else "cuda"
-        there = {(sec.ablation.run_key(a), s) for sec in secs for a in sec.ablation.arms for s in sec.ablation.seeds}
-        there -= {(sec.ablation.run_key(a), s) for sec in secs for a, s in pending(sec.ablation)}
-        if elsewhere(*(sec.ablation for sec in secs)).get(numerics(other), 0) > len(there):
+        keys = {(sec.ablation.run_key(a), s) for sec in secs for a in sec.ablation.arms for s in sec.ablation.seeds}
+        if elsewhere(*(sec.ablation for sec in secs)).get(numerics(other), 0) > len(keys & finished(secs[0].ablation)):
             device = other
             secs = [dataclasses.replace(sec, ablation=dataclasses.replace(sec.ablation, device=device))
                     for sec in secs]

@@ -196,8 +196,7 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, *, seed: int = 0, dev
             xb = _normalise(xb, mean, std)
             if recipe.augment:
                 xb = augment(xb, flip=data.flip, gen=gen,
-                             offsets=None if ahead is None else (ahead[0][sl], ahead[1][sl],
-                                                                 None if ahead[2] is None else ahead[2][sl]))
+                             offsets=None if ahead is None else tuple(t if t is None else t[sl] for t in ahead))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
