@@ -112,7 +112,7 @@ def test_study_quick_dry_run_builds_matched_sections(capsys):
     for sec in ("mixer:", "gamma:", "mlp_ratio:", "components:"):
         assert sec in text
     assert main(["study", "nosuch", "--dry-run"]) == 2
-    from archbench.studies.cli import PROFILE_NAMES
+    from archbench.cli.study import PROFILE_NAMES
     from archbench.studies.shiftvit import PROFILES
 
     assert set(PROFILE_NAMES) == set(PROFILES)  # the parser's choices are the profiles there are

@@ -2,8 +2,6 @@
 seed trained with one recipe, then the per-arm table and the plots."""
 from __future__ import annotations
 
-import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -11,9 +9,13 @@ from typing import Any
 
 from archbench.ablate.budget import ADJUST, METRICS
 from archbench.ablate.plan import DESIGNS, GPU_NUMERICS, Ablation, Arm
+from archbench.cli.args import (_device, add_model_args, add_train_args, data_into_args, recipe_from_args,
+                                shorthand_from_args, spec_from_args)
+from archbench.cli.console import _console
+from archbench.errors import UsageError
 
 
-def add_ablate_parser(sub, add_model_args, add_train_args, default_device: str, device_type) -> None:
+def add_parser(sub, default_device: str) -> None:
     a = sub.add_parser("ablate", help="paired ablation: vary factors of a base model, optionally at a matched budget",
                        description="Every arm (the base model with factor values put in) is trained with the same "
                                    "recipe, seeds and data order; the table gives mean ± std per arm and the paired "
@@ -32,7 +34,7 @@ def add_ablate_parser(sub, add_model_args, add_train_args, default_device: str, 
     a.add_argument("--seed-start", type=int, default=0)
     a.add_argument("--conf", type=float, default=0.95, help="confidence level of the paired intervals")
     a.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
-    a.add_argument("--device", type=device_type, default=default_device)
+    a.add_argument("--device", type=_device, default=default_device)
     a.add_argument("--name", help="ablation name (default: the factor names)")
     a.add_argument("--out", help="output folder (default: results/ablations/NAME)")
     a.add_argument("--dry-run", action="store_true", help="build and match the arms, train nothing")
@@ -41,8 +43,6 @@ def add_ablate_parser(sub, add_model_args, add_train_args, default_device: str, 
 
 
 def check_counts(seeds: int, jobs: int, tol: float | None = None) -> None:
-    from archbench.cli import UsageError
-
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:
@@ -54,8 +54,6 @@ def check_counts(seeds: int, jobs: int, tol: float | None = None) -> None:
 def cmd_ablate(args) -> int:
     from archbench.ablate.factors import parse_vary
     from archbench.ablate.plan import make_arms
-    from archbench.cli import (UsageError, _console, data_into_args, recipe_from_args, shorthand_from_args,
-                               spec_from_args)
 
     check_counts(args.seeds, args.jobs, args.tol)
     if not 0 < args.conf < 1:

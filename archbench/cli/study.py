@@ -7,12 +7,16 @@ import sys
 import time
 from pathlib import Path
 
+from archbench.cli.args import _device_name, add_train_args, device_problem
+from archbench.cli.console import _console
+from archbench.errors import UsageError
+
 STUDIES = ("shiftvit",)
 SECTIONS = ("mixer", "gamma", "mlp_ratio", "components")
 PROFILE_NAMES = ("quick", "cpu", "default")  # studies.shiftvit.PROFILES, named here so the parser stays light
 
 
-def add_study_parser(sub, add_train_args, default_device: str, device_type) -> None:
+def add_parser(sub, default_device: str) -> None:
     s = sub.add_parser("study", help="a paper's ablation study as a preset (shiftvit)",
                        description="Runs the study's ablations (resumable: finished runs are kept), then writes "
                                    "the tables, plots and report.md.")
@@ -28,7 +32,7 @@ def add_study_parser(sub, add_train_args, default_device: str, device_type) -> N
     s.add_argument("--seeds", type=int, help="seeds per arm (default: the profile's)")
     s.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     s.add_argument("--jobs", type=int, help="runs at once (default: 1 on CPU, 12 on a GPU: small models leave it mostly idle)")
-    s.add_argument("--device", type=device_type,
+    s.add_argument("--device", type=_device_name,
                    help=f"default: {default_device}; with --report-only, the kind of device (GPU: bf16 autocast, "
                         "CPU: fp32) that trained most of the runs there")
     s.add_argument("--out", help="output folder (default: results/studies/shiftvit for the default profile, "
@@ -42,10 +46,9 @@ def add_study_parser(sub, add_train_args, default_device: str, device_type) -> N
 def cmd_study(args) -> int:
     import dataclasses
 
-    from archbench.ablate.cli import check_counts, note_elsewhere, print_plan, run_with_progress
+    from archbench.cli.ablate import check_counts, note_elsewhere, print_plan, run_with_progress
     from archbench.ablate.plan import numerics
     from archbench.ablate.runner import elsewhere, finished, load_runs, pending
-    from archbench.cli import UsageError, _console, device_problem
     from archbench.studies import shiftvit
     from archbench.train.data import load_dataset
     from archbench.train.loop import Recipe

@@ -1,0 +1,236 @@
+"""Flag-value parsers and the argument groups shared by the commands, and the helpers that
+turn parsed flags into a spec, a recipe and a dataset."""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from archbench.errors import UsageError
+
+def _value(text: str) -> Any:
+    """A flag value: YAML scalars/lists (``0.1``, ``true``, ``[1, 3]``) and fractions (``1/12``)."""
+    from archbench.ablate.factors import parse_value
+
+    return parse_value(text)
+
+
+def _ints(flag: str) -> Callable[[str], tuple[int, ...]]:
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            vals = tuple(int(t) for t in re.split(r"[,\s]+", text.strip()) if t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes integers like 2,2,6,2, got {text!r}") from None
+        if not vals:
+            raise argparse.ArgumentTypeError(f"{flag} is empty")
+        return vals
+    return parse
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(_value(t)) for t in text.split(",") if t.strip())
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"--mlp-ratio takes numbers like 4 or 4,4,2,2, got {text!r}") from None
+
+
+def _img_size(text: str) -> int | tuple[int, int]:
+    m = re.fullmatch(r"(\d+)(?:[x,](\d+))?", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"--img-size takes N or HxW (e.g. 32 or 32x48), got {text!r}")
+    return int(m[1]) if m[2] is None else (int(m[1]), int(m[2]))
+
+
+def device_problem(text: str, *, present: bool = True) -> str | None:
+    """Why ``text`` cannot be used as a device here (None if it can): a bad name, or (``present``)
+    no GPU / no such GPU on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        return f"unknown device {text!r}; use cpu, cuda or cuda:N"
+    if dev.type not in ("cpu", "cuda"):
+        return f"device {text!r} is not supported; use cpu, cuda or cuda:N"
+    if dev.type == "cuda" and present:
+        if not torch.cuda.is_available():
+            why = "" if torch.version.cuda else ", which was built without CUDA"
+            return f"device {text!r}: no CUDA GPU is visible to torch {torch.__version__}{why}; use --device cpu"
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            return f"device {text!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
+    return None
+
+
+def _device(text: str) -> str:
+    """--device: a device this machine has."""
+    problem = device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _device_name(text: str) -> str:
+    """--device where the device is only needed for some uses (a report of GPU runs on a laptop)."""
+    problem = device_problem(text, present=False)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = _value(val)
+    return out
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (a zoo name, a spec file, or the spec flags)")
+    g.add_argument("--model", help="a published model from the zoo (see `archbench models`)")
+    g.add_argument("--spec", type=Path, help="a spec file (YAML or JSON) as printed by `archbench spec`")
+    g.add_argument("--macro", help="isotropic | pyramid | two-branch | two-stage (default: the mixer's home)")
+    g.add_argument("--mixer", type=_names, help="token mixer, or one per stage: msa, shift, outlook, cross-attn, dmixer, none")
+    g.add_argument("--ffn", type=_names, help="FFN, or one per stage: mlp, msffn")
+    g.add_argument("--depths", type=_ints("--depths"), help="blocks per stage, e.g. 2,2,6,2")
+    g.add_argument("--dims", type=_ints("--dims"), help="width per stage, e.g. 96,192,384,768")
+    g.add_argument("--heads", type=_ints("--heads"), help="attention heads per stage")
+    g.add_argument("--mlp-ratio", type=_floats, help="FFN expansion, one or per stage")
+    g.add_argument("--patch-size", type=int, help="stem stride (patch size)")
+    g.add_argument("--img-size", type=_img_size, help="N or HxW")
+    g.add_argument("--in-chans", type=int)
+    g.add_argument("--num-classes", type=int)
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other spec field, e.g. norm=batchnorm act=relu drop_path=0.1")
+    g.add_argument("--mixer-opt", action="append", metavar="KEY=VALUE", help="token-mixer option, e.g. ratio=1/24")
+    g.add_argument("--ffn-opt", action="append", metavar="KEY=VALUE", help="FFN option")
+    g.add_argument("--macro-opt", action="append", metavar="KEY=VALUE", help="macro option, e.g. downsample=conv")
+
+
+def add_train_args(r: argparse.ArgumentParser) -> None:
+    """Dataset and recipe flags, shared by run, ablate and study."""
+    r.add_argument("--dataset", default="digits", help="digits (embedded, default) | cifar10 | cifar100 | imagefolder")
+    r.add_argument("--data-dir", help="dataset root (cifar*: torchvision's folder; imagefolder: train/ + val/)")
+    r.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100 to --data-dir")
+    r.add_argument("--epochs", type=int, help="default: 15 on digits, 30 elsewhere")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--lr", type=float, default=2e-3)
+    r.add_argument("--weight-decay", type=float, default=0.05)
+    r.add_argument("--warmup", type=float, default=2.0, help="warm-up epochs")
+    r.add_argument("--label-smoothing", type=float, default=0.1)
+    r.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
+    r.add_argument("--no-augment", action="store_true", help="no random crops or flips")
+    r.add_argument("--limit-train", type=int, help="train on a class-balanced subset of this many images")
+    r.add_argument("--limit-test", type=int, help="evaluate on a class-balanced subset of this many images")
+
+
+SHORTHAND_FLAGS = ("macro", "mixer", "ffn", "depths", "dims", "heads", "mlp_ratio", "patch_size",
+                   "img_size", "in_chans", "num_classes")
+
+
+def spec_from_args(args: argparse.Namespace):
+    """The spec the model flags ask for (validated; errors are ValueErrors)."""
+    from archbench.builder import make_spec
+    from archbench.spec import ArchSpec
+
+    shorthand = {k: getattr(args, k) for k in SHORTHAND_FLAGS if getattr(args, k) is not None}
+    fields = _pairs(args.set, "--set")
+    mixer_opts = _pairs(args.mixer_opt, "--mixer-opt")
+    ffn_opts = _pairs(args.ffn_opt, "--ffn-opt")
+    macro_opts = _pairs(args.macro_opt, "--macro-opt")
+    if args.spec is not None:
+        if shorthand or fields or mixer_opts or ffn_opts or macro_opts or args.model:
+            raise UsageError("--spec takes the whole spec from the file; give no other model flags")
+        try:
+            text = args.spec.read_text()
+        except OSError as e:
+            raise UsageError(f"cannot read spec file {str(args.spec)!r}: {e.strerror}") from None
+        data = yaml.safe_load(text)
+        return ArchSpec.from_dict(data)
+    if args.model:
+        from archbench.models import get_entry, override_spec
+
+        entry = get_entry(args.model)
+        if "macro" in shorthand:
+            raise UsageError(f"--macro cannot change {entry.name}'s macro-architecture ({entry.make().macro}); "
+                             "use the spec flags without --model for another macro")
+        changes = {**shorthand, **fields}
+        if macro_opts:
+            changes["options"] = {**entry.make().options.as_dict(), **macro_opts}
+        if mixer_opts:
+            changes["mixer_options"] = mixer_opts
+        if ffn_opts:
+            changes["ffn_options"] = ffn_opts
+        try:
+            return override_spec(entry.make(), **changes) if changes else entry.make()
+        except ValueError as e:
+            raise ValueError(f"{entry.name}: {e}") from None
+    return make_spec(**shorthand_from_args(args))
+
+
+def shorthand_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec flags (no --model/--spec) as the builder's shorthand dict."""
+    kw = {k: getattr(args, k) for k in SHORTHAND_FLAGS if getattr(args, k) is not None}
+    kw.update(_pairs(args.set, "--set"))
+    for flag, key in (("mixer_opt", "mixer_options"), ("ffn_opt", "ffn_options"), ("macro_opt", "options")):
+        opts = _pairs(getattr(args, flag), f"--{flag.replace('_', '-')}")
+        if opts:
+            kw[key] = opts
+    return kw
+
+
+def model_from_args(args):
+    """(model, name) for the model flags: a zoo model keeps its name and preprocessing."""
+    from archbench.builder import build_model
+
+    spec = spec_from_args(args)
+    model = build_model(spec)
+    if args.model:
+        from archbench.models import get_entry
+        entry = get_entry(args.model)
+        model.pretrained_cfg.update(entry.cfg)
+        model.zoo_name = entry.name
+        return model, entry.name
+    return model, None
+
+
+def recipe_from_args(args):
+    """The training recipe the flags ask for (per-dataset epochs when --epochs is not given)."""
+    from archbench.train.loop import Recipe
+    from archbench.train.run import DATASET_EPOCHS, DEFAULT_EPOCHS
+
+    if args.epochs is None:
+        args.epochs = DATASET_EPOCHS.get(args.dataset, DEFAULT_EPOCHS)
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                    warmup_epochs=args.warmup, label_smoothing=args.label_smoothing, clip_grad=args.clip_grad,
+                    augment=not args.no_augment)
+    recipe.check()
+    return recipe
+
+
+def data_into_args(args):
+    """Load the dataset; its input size, channels and classes fill the model flags left open."""
+    from archbench.train.data import load_dataset
+    from archbench.train.run import DATASET_IMG_SIZE
+
+    data = load_dataset(args.dataset, args.data_dir, args.download)
+    if args.spec is None:  # the dataset fills in what the flags leave open
+        if args.model is None and args.img_size is None:
+            args.img_size = DATASET_IMG_SIZE.get(args.dataset, data.native_size)
+        if args.in_chans is None:
+            args.in_chans = data.in_chans
+        if args.num_classes is None:
+            args.num_classes = data.num_classes
+    return data
+
+

@@ -1,0 +1,41 @@
+"""The ``archbench`` parser and entry point: one module per command registers its parser."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from archbench.cli import ablate, evaluate, models, profile, run, search, spec, study
+from archbench.cli.console import _cuda
+
+EXIT_USAGE = 2
+COMMANDS = (spec, profile, run, evaluate, search, ablate, study, models)  # the order of `archbench --help`
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from archbench.cli import __doc__ as doc
+
+    p = argparse.ArgumentParser(prog="archbench", description=doc.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    default_device = "cuda" if _cuda() else "cpu"
+    for command in COMMANDS:
+        command.add_parser(sub, default_device)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, yaml.YAMLError) as e:  # UsageError and spec validation errors
+        print(f"archbench {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("archbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""``archbench run``: train one model on a dataset and record the row."""
+from __future__ import annotations
+
+import json
+
+from archbench.cli.args import (_device, add_model_args, add_train_args, data_into_args, recipe_from_args,
+                                spec_from_args)
+from archbench.cli.console import _console, _fmt
+from archbench.errors import UsageError
+
+
+def add_parser(sub, default_device: str) -> None:
+    r = sub.add_parser("run", help="train a model on a dataset and record its accuracy, size and speed")
+    add_model_args(r)
+    add_train_args(r)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", type=_device, default=default_device)
+    r.add_argument("--out", default="results/runs", help="results table stem ('' to keep none)")
+    r.add_argument("--json", action="store_true", help="print the row as one JSON object (last stdout line)")
+    r.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from archbench.results import append_rows
+    from archbench.train.run import run_experiment
+
+    recipe = recipe_from_args(args)
+    data = data_into_args(args)
+    spec = spec_from_args(args)
+    if spec.in_chans != data.in_chans:
+        raise UsageError(f"the model takes {spec.in_chans} input channels but {data.name} images have "
+                         f"{data.in_chans}; set --in-chans {data.in_chans}")
+    if spec.num_classes != data.num_classes:
+        raise UsageError(f"the model has {spec.num_classes} classes but {data.name} has {data.num_classes}")
+    for flag in ("limit_train", "limit_test"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    n_train = len(data.subset(args.limit_train, args.limit_test).train.y)
+    steps = max(1, n_train // recipe.batch_size)
+    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn()]
+    console = _console()
+    with Progress(*cols, console=console, transient=True, disable=args.json) as bar:
+        ep_task = bar.add_task("epochs", total=recipe.epochs, info="")
+        st_task = bar.add_task("steps", total=steps, info="")
+
+        def on_step(epoch, step, loss):
+            bar.update(st_task, completed=step + 1, info=f"loss {loss:.3f}")
+
+        def on_epoch(epoch, m):
+            bar.update(ep_task, completed=epoch, info=f"top-1 {m['top1']:.2f}%  {m['train_throughput']:.0f} img/s")
+            bar.reset(st_task, total=steps, info="")
+            if not args.json:
+                bar.console.print(f"epoch {epoch:3d}/{recipe.epochs}  loss {m['loss']:.4f}  top-1 {m['top1']:6.2f}%  "
+                                  f"top-5 {m['top5']:6.2f}%  {m['train_throughput']:7.1f} img/s  "
+                                  f"{m['epoch_seconds']:.1f}s")
+
+        row = run_experiment(spec, dataset=args.dataset, data_dir=args.data_dir, download=args.download,
+                             recipe=recipe, seed=args.seed, device=args.device, callback=on_epoch,
+                             on_step=on_step, name=args.model, limit_train=args.limit_train,
+                             limit_test=args.limit_test)
+    if args.out:
+        append_rows(args.out, [row])
+    if args.json:
+        print(json.dumps(row, default=str))
+        return 0 if row["status"] == "ok" else 1
+    t = Table(title=f"archbench run — {row['name']} on {row['dataset']} ({row['device']})", show_header=False)
+    for key, label in (("status", "status"), ("params", "params"), ("gmacs_fvcore", "GMACs (fvcore)"),
+                       ("top1", "top-1 %"), ("top5", "top-5 %"), ("throughput", "eval img/s"),
+                       ("train_throughput", "train img/s"), ("train_seconds", "train seconds"),
+                       ("wall_seconds", "wall seconds")):
+        t.add_row(label, _fmt(row.get(key), 4 if key == "gmacs_fvcore" else 2))
+    if row["error"]:
+        t.add_row("error", row["error"])
+    if args.out:
+        t.caption = f"row appended to {args.out}.parquet / .csv"
+    console.print(t)
+    return 0 if row["status"] == "ok" else 1
