@@ -9,6 +9,7 @@ import inspect
 import math
 from typing import TYPE_CHECKING, Any
 
+from archbench.layers.init import INITS
 from archbench.registry import ACTS, FFNS, MACROS, MIXERS, NORMS, STEMS
 
 if TYPE_CHECKING:
@@ -96,6 +97,8 @@ def validate(spec: "ArchSpec") -> None:
         raise ValueError(f"pool must be 'avg' or 'token', got {spec.pool!r}")
     if spec.pool == "token" and not spec.class_token:
         raise ValueError("pool='token' needs class_token=True; use pool='avg' without a class token")
+    if spec.init is not None:
+        INITS.get(spec.init)
     NORMS.get(spec.norm)
     check_norm(spec.norm, macro.layout)
     ACTS.get(spec.act)

@@ -130,6 +130,9 @@ class ArchSpec(_Spec):
     drop_rate: float = 0.0  # dropout in FFNs and before the head
     drop_path: float = 0.0  # stochastic depth, linear over blocks from 0 to this
     options: Options = field(default_factory=Options)  # macro-specific, see each macro
+    # weight-init scheme (archbench.layers.init); None: the macro's family's. Left out of
+    # to_dict() while None, so specs (and results keys) from before the field keep their form
+    init: str | None = None
 
     def __post_init__(self):
         stages = self.stages
@@ -146,6 +149,12 @@ class ArchSpec(_Spec):
         validate(self)
 
     # serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if out["init"] is None:
+            del out["init"]
+        return out
+
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
 

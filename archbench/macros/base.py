@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from torch import nn
 
 from archbench.layers.block import make_norm
+from archbench.layers.init import INITS, InitScheme
 from archbench.layers.layout import Layout
 from archbench.registry import STEMS
 
@@ -20,10 +20,11 @@ from archbench.registry import STEMS
 class MacroModel(nn.Module):
     """Base of the macro-architectures. Subclasses set ``layout`` and ``option_defaults`` and
     implement ``grids`` (token grid per stage), ``check``, ``forward_features`` and
-    ``forward_head``."""
+    ``forward_head``, and call ``init_weights()`` last in ``__init__``."""
 
     layout: ClassVar[Layout]
     option_defaults: ClassVar[dict[str, Any]] = {}
+    family_init: ClassVar[str]  # the init scheme of the family the macro comes from
 
     def __init__(self, spec):
         super().__init__()
@@ -46,6 +47,20 @@ class MacroModel(nn.Module):
     def check(cls, spec) -> None:
         """Macro-specific rules beyond the per-part checks; raise ValueError."""
 
+    @classmethod
+    def default_init(cls, spec) -> str:
+        """The init scheme of a spec with ``init=None``: its macro's family's."""
+        return cls.family_init
+
+    # weight init -------------------------------------------------------------------------
+    @property
+    def init_scheme(self) -> InitScheme:
+        return INITS.get(self.spec.init or self.default_init(self.spec))
+
+    def init_weights(self) -> None:
+        """(Re)initialise every weight by the spec's scheme (see ``archbench.layers.init``)."""
+        self.init_scheme(self)
+
     # timm's interface --------------------------------------------------------------------
     @property
     def default_cfg(self) -> dict[str, Any]:
@@ -65,7 +80,7 @@ class MacroModel(nn.Module):
         def fresh(old: nn.Module) -> nn.Module:
             dim = old.in_features if isinstance(old, nn.Linear) else self.num_features
             new = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-            init_weights(new)
+            new.apply(self.init_scheme.init_module)
             return new
 
         for name in ("head", "aux_head"):
@@ -83,16 +98,6 @@ class MacroModel(nn.Module):
 
     def make_head(self, dim: int) -> nn.Module:
         return nn.Linear(dim, self.num_classes) if self.num_classes > 0 else nn.Identity()
-
-
-def init_weights(model: nn.Module) -> None:
-    """Truncated-normal (std .02) linear and 1x1-conv weights with zero biases, as timm's ViT,
-    ShiftViT and TransXNet do; other convs keep PyTorch's default; norms start at identity."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 def divisible(img_size: tuple[int, int], stride: int, what: str) -> tuple[int, int]:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import torch
-from timm.layers import trunc_normal_
 from torch import nn
 
 from archbench.layers.block import build_blocks, drop_path_rates, make_norm
 from archbench.layers.layout import Layout
-from archbench.macros.base import MacroModel, divisible, init_weights
+from archbench.macros.base import MacroModel, divisible
 from archbench.registry import MACROS, MIXERS
 
 
@@ -23,6 +22,7 @@ class Isotropic(MacroModel):
     """
 
     layout = Layout.TOKENS
+    family_init = "timm-vit"
 
     @classmethod
     def grids(cls, spec):
@@ -58,10 +58,7 @@ class Isotropic(MacroModel):
         self.norm = make_norm(spec.norm, dim, self.layout, spec.norm_eps)
         self.head_drop = nn.Dropout(spec.drop_rate)
         self.head = self.make_head(dim)
-        init_weights(self)
-        for p in (self.cls_token, self.pos_embed):
-            if p is not None:
-                trunc_normal_(p, std=0.02)
+        self.init_weights()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image → (B, P+N, C) normalised tokens."""

@@ -7,7 +7,7 @@ from torch import nn
 
 from archbench.layers.block import build_blocks, drop_path_rates, make_norm
 from archbench.layers.layout import Layout
-from archbench.macros.base import MacroModel, divisible, init_weights
+from archbench.macros.base import MacroModel, divisible
 from archbench.registry import MACROS
 
 DOWNSAMPLES = ("merge", "conv")
@@ -34,6 +34,11 @@ class Pyramid(MacroModel):
 
     layout = Layout.NCHW
     option_defaults = {"downsample": "merge"}
+
+    @classmethod
+    def default_init(cls, spec) -> str:
+        """TransXNet's scheme when any stage uses its D-Mixer, else ShiftViT's."""
+        return "transxnet" if any(s.mixer == "dmixer" for s in spec.stages) else "shiftvit"
 
     @classmethod
     def grids(cls, spec):
@@ -68,7 +73,7 @@ class Pyramid(MacroModel):
         self.norm = make_norm(spec.norm, dims[-1], self.layout, spec.norm_eps)
         self.head_drop = nn.Dropout(spec.drop_rate)
         self.head = self.make_head(dims[-1])
-        init_weights(self)
+        self.init_weights()
 
     def _downsample(self, cin: int, cout: int) -> nn.Module:
         if self.opts["downsample"] == "merge":

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import nn
 
 from archbench.layers.block import build_blocks, make_norm
 from archbench.layers.layout import Layout
 from archbench.layers.mixers.cross_attn import CrossAttention
-from archbench.macros.base import MacroModel, divisible, init_weights
+from archbench.macros.base import MacroModel, divisible
 from archbench.registry import ACTS, MACROS, STEMS
 
 
@@ -82,6 +82,7 @@ class TwoBranch(MacroModel):
     """
 
     layout = Layout.TOKENS
+    family_init = "crossvit"
     option_defaults = {"encoders": 3, "fusion_depth": 1, "fusion_qkv_bias": True, "img_scales": (1.0, 1.0)}
 
     @classmethod
@@ -140,16 +141,7 @@ class TwoBranch(MacroModel):
         self.norm = nn.ModuleList(make_norm(spec.norm, d, self.layout, spec.norm_eps) for d in dims)
         self.head_drop = nn.Dropout(spec.drop_rate)
         self.head = nn.ModuleList(self.make_head(d) for d in dims)
-        init_weights(self)
-        for p in self.parameters_of_embedding():
-            trunc_normal_(p, std=0.02)
-
-    def parameters_of_embedding(self):
-        for b in range(2):
-            for name in (f"cls_token_{b}", f"pos_embed_{b}"):
-                p = getattr(self, name)
-                if p is not None:
-                    yield p
+        self.init_weights()
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) image → per-branch normalised tokens [(B, 1+N_b, C_b)]."""

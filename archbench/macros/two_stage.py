@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import torch
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import nn
 
 from archbench.layers.block import build_blocks, drop_path_rates, make_norm
 from archbench.layers.layout import Layout
 from archbench.layers.mixers.cross_attn import CrossAttention
-from archbench.macros.base import MacroModel, divisible, init_weights
+from archbench.macros.base import MacroModel, divisible
 from archbench.macros.pyramid import Stage
 from archbench.registry import ACTS, FFNS, MACROS
 
@@ -58,6 +58,7 @@ class TwoStage(MacroModel):
     """
 
     layout = Layout.NHWC
+    family_init = "volo"
     option_defaults = {"class_blocks": 2, "aux_head": True, "class_qkv_bias": False}
 
     @classmethod
@@ -103,10 +104,7 @@ class TwoStage(MacroModel):
         self.head_drop = nn.Dropout(spec.drop_rate)
         self.head = self.make_head(coarse.dim)
         self.aux_head = self.make_head(coarse.dim) if o["aux_head"] and spec.num_classes > 0 else None
-        init_weights(self)
-        for p in (self.pos_embed, self.cls_token):
-            if p is not None:
-                trunc_normal_(p, std=0.02)
+        self.init_weights()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image → (B, P+N, C) normalised tokens at the coarse grid."""

@@ -93,9 +93,10 @@ def override_spec(spec: ArchSpec, **overrides: Any) -> ArchSpec:
             d["stem"]["patch_size"] = p
     if "img_size" in ov:
         d["img_size"] = ov.pop("img_size")
+    spec_fields = set(ArchSpec.__dataclass_fields__) - {"macro", "stages"}
     for k, v in ov.items():
-        if k not in d or k in ("macro", "stages"):
-            allowed = sorted((set(d) - {"macro", "stages"}) | set(STAGE_KEYS) | {"mixer", "ffn", "patch_size"})
+        if k not in spec_fields:
+            allowed = sorted(spec_fields | set(STAGE_KEYS) | {"mixer", "ffn", "patch_size"})
             raise ValueError(f"unknown override {k!r}; allowed: {', '.join(allowed)}")
         d[k] = v
     if d["macro"] == "isotropic" and d["pool"] == "token" and "pool" not in overrides \
