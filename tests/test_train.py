@@ -69,7 +69,7 @@ def test_imagefolder_grey_and_rgb(tmp_path):
     _folder(tmp_path / "grey", ["a", "b", "c"], mode="L")
     rgb, grey = load_dataset("imagefolder", str(tmp_path / "rgb")), load_dataset("imagefolder", str(tmp_path / "grey"))
     assert rgb.in_chans == 3 and rgb.num_classes == 2 and rgb.classes == ["cat", "dog"]
-    assert grey.in_chans == 1 and grey.num_classes == 3 and len(grey.train.y) == 12
+    assert grey.in_chans == 1 and grey.num_classes == 3 and grey.n_train == 12  # listed, not decoded
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -3,6 +3,7 @@ turn parsed flags into a spec, a recipe and a dataset."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -117,21 +118,57 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--macro-opt", action="append", metavar="KEY=VALUE", help="macro option, e.g. downsample=conv")
 
 
+# recipe flag → Recipe field; every field of the chosen --recipe can be overridden
+RECIPE_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
+                "warmup": "warmup_epochs", "label_smoothing": "label_smoothing", "clip_grad": "clip_grad",
+                "lr_base_batch": "lr_base_batch", "warmup_lr": "warmup_lr", "min_lr": "min_lr",
+                "transform": "transform", "interpolation": "interpolation", "rand_augment": "rand_augment",
+                "color_jitter": "color_jitter", "reprob": "reprob", "crop_pct": "crop_pct", "mixup": "mixup",
+                "cutmix": "cutmix", "drop_path": "drop_path", "ema": "ema_decay"}
+
+
 def add_train_args(r: argparse.ArgumentParser) -> None:
-    """Dataset and recipe flags, shared by run, ablate and study."""
-    r.add_argument("--dataset", default="digits", help="digits (embedded, default) | cifar10 | cifar100 | imagefolder")
-    r.add_argument("--data-dir", help="dataset root (cifar*: torchvision's folder; imagefolder: train/ + val/)")
-    r.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100 to --data-dir")
-    r.add_argument("--epochs", type=int, help="default: 15 on digits, 30 elsewhere")
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--lr", type=float, default=2e-3)
-    r.add_argument("--weight-decay", type=float, default=0.05)
-    r.add_argument("--warmup", type=float, default=2.0, help="warm-up epochs")
-    r.add_argument("--label-smoothing", type=float, default=0.1)
-    r.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
-    r.add_argument("--no-augment", action="store_true", help="no random crops or flips")
-    r.add_argument("--limit-train", type=int, help="train on a class-balanced subset of this many images")
-    r.add_argument("--limit-test", type=int, help="evaluate on a class-balanced subset of this many images")
+    """Dataset, input pipeline and recipe flags, shared by run, ablate and study."""
+    from archbench.train.recipe import INTERPOLATIONS, PRESETS, TRANSFORMS
+
+    d = r.add_argument_group("data")
+    d.add_argument("--dataset", default="digits", help="digits (embedded, default) | cifar10 | cifar100 | imagefolder")
+    d.add_argument("--data-dir", help="dataset root (cifar*: torchvision's folder; imagefolder: train/ + val/)")
+    d.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100 to --data-dir")
+    d.add_argument("--limit-train", type=int, help="train on a class-balanced subset of this many images")
+    d.add_argument("--limit-test", type=int, help="evaluate on a class-balanced subset of this many images")
+    d.add_argument("--cache", default="auto", choices=("auto", "memory", "disk"),
+                   help="image folders: decode into memory at the model's resolution, or stream from disk; "
+                        "auto: memory when the decoded train split fits in --cache-gb (default)")
+    d.add_argument("--cache-gb", type=float, default=4.0, help="memory budget of --cache auto, in GB (default 4)")
+    d.add_argument("--workers", type=int, default=2, help="data-loading worker processes per rank (default 2)")
+    g = r.add_argument_group("recipe (each flag overrides the --recipe preset's value)")
+    g.add_argument("--recipe", default="small", choices=tuple(PRESETS),
+                   help="small: small images in memory (default); deit: the DeiT recipe (Mixup, CutMix, "
+                        "RandAugment, random erasing, 300 epochs); shiftvit: Swin's settings as ShiftViT uses them")
+    g.add_argument("--epochs", type=int, help="default: the recipe's (small: 15 on digits, 30 elsewhere)")
+    g.add_argument("--batch-size", type=int, help="global batch, all ranks together (small: 64, deit: 1024)")
+    g.add_argument("--lr", type=float, help="peak learning rate (deit/shiftvit: per 512 images, scaled by the batch)")
+    g.add_argument("--lr-base-batch", type=int, help="scale lr by batch / this (0: lr is absolute)")
+    g.add_argument("--warmup-lr", type=float, help="lr at the start of warm-up (scaled like --lr)")
+    g.add_argument("--min-lr", type=float, help="lr at the end of the cosine (scaled like --lr)")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup", type=float, help="warm-up epochs")
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--clip-grad", type=float, help="max gradient norm (0: off)")
+    g.add_argument("--transform", choices=TRANSFORMS, help="tensor: batched pad-crop + flip (small); "
+                                                           "timm: per-image timm transforms (deit)")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS)
+    g.add_argument("--rand-augment", help="timm RandAugment string, e.g. rand-m9-mstd0.5-inc1 ('' = off)")
+    g.add_argument("--color-jitter", type=float)
+    g.add_argument("--reprob", type=float, help="random erasing probability")
+    g.add_argument("--crop-pct", type=float, help="evaluation centre-crop fraction")
+    g.add_argument("--mixup", type=float, help="Mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float, help="CutMix alpha (0: off)")
+    g.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the recipe's, else the model's)")
+    g.add_argument("--ema", type=float, metavar="DECAY", help="keep an EMA of the weights with this decay, e.g. 0.99996")
+    g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
+    g.add_argument("--checkpoint-dir", help="save the run's state here each epoch; the same command resumes it")
 
 
 SHORTHAND_FLAGS = ("macro", "mixer", "ffn", "depths", "dims", "heads", "mlp_ratio", "patch_size",
@@ -204,18 +241,46 @@ def model_from_args(args):
     return model, None
 
 
-def recipe_from_args(args):
-    """The training recipe the flags ask for (per-dataset epochs when --epochs is not given)."""
-    from archbench.train.loop import Recipe
+def recipe_overrides(args) -> dict[str, Any]:
+    """The recipe fields the flags set explicitly."""
+    out = {field: getattr(args, flag) for flag, field in RECIPE_FLAGS.items() if getattr(args, flag, None) is not None}
+    if getattr(args, "no_augment", False):
+        out["augment"] = False
+    return out
+
+
+def recipe_from_args(args, base: dict[str, Any] | None = None):
+    """The training recipe the flags ask for: the --recipe preset, then ``base`` (e.g. a study
+    profile's fields), then the flags given (the small recipe's epochs depend on the dataset)."""
+    from archbench.train.recipe import recipe
     from archbench.train.run import DATASET_EPOCHS, DEFAULT_EPOCHS
 
-    if args.epochs is None:
-        args.epochs = DATASET_EPOCHS.get(args.dataset, DEFAULT_EPOCHS)
-    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                    warmup_epochs=args.warmup, label_smoothing=args.label_smoothing, clip_grad=args.clip_grad,
-                    augment=not args.no_augment)
-    recipe.check()
-    return recipe
+    fields = {**(base or {}), **recipe_overrides(args)}
+    if args.recipe == "small" and "epochs" not in fields:
+        fields["epochs"] = DATASET_EPOCHS.get(args.dataset, DEFAULT_EPOCHS)
+    r = recipe(args.recipe, **fields)
+    args.epochs = r.epochs
+    return r
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Fail before any work when results could not be written to ``folder``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".archbench-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{flag}: cannot write to {str(folder)!r}: {e.strerror}") from None
+
+
+def inputs_from_args(args):
+    """How the run reads its images (--cache, --cache-gb, --workers)."""
+    from archbench.train.inputs import Inputs
+
+    inputs = Inputs(cache=args.cache, cache_gb=args.cache_gb, workers=args.workers)
+    inputs.check()
+    return inputs
 
 
 def data_into_args(args):

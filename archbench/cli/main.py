@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 import yaml
 
@@ -30,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, yaml.YAMLError) as e:  # UsageError and spec validation errors
-        print(f"archbench {args.command}: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 says it once
+            print(f"archbench {args.command}: error: {e}", file=sys.stderr, flush=True)
+        else:  # torchrun tears the job down at the first exit: let rank 0 say why before that
+            time.sleep(2.0)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("archbench: interrupted", file=sys.stderr)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from archbench.cli.args import (_device, add_model_args, add_train_args, data_into_args, recipe_from_args,
-                                spec_from_args)
+from archbench.cli.args import (_device, add_model_args, add_train_args, check_writable, data_into_args,
+                                inputs_from_args, recipe_from_args, spec_from_args)
 from archbench.cli.console import _console, _fmt
 from archbench.errors import UsageError
 
@@ -25,9 +26,14 @@ def cmd_run(args) -> int:
     from rich.table import Table
 
     from archbench.results import append_rows
+    from archbench.train import dist
+    from archbench.train.batches import per_rank
     from archbench.train.run import run_experiment
 
+    ctx = dist.from_env()  # torchrun's ranks, or a world of one
     recipe = recipe_from_args(args)
+    inputs = inputs_from_args(args)
+    per_rank(recipe.batch_size, ctx)  # a bad launch fails here, before any process group is joined
     data = data_into_args(args)
     spec = spec_from_args(args)
     if spec.in_chans != data.in_chans:
@@ -38,12 +44,17 @@ def cmd_run(args) -> int:
     for flag in ("limit_train", "limit_test"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    n_train = len(data.subset(args.limit_train, args.limit_test).train.y)
+    if args.out and ctx.main:
+        check_writable(Path(args.out).parent, "--out")
+    device = ctx.device(args.device)
+    dist.init(ctx, device)
+    n_train = data.subset(args.limit_train, args.limit_test).n_train
     steps = max(1, n_train // recipe.batch_size)
     cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn()]
     console = _console()
-    with Progress(*cols, console=console, transient=True, disable=args.json) as bar:
+    quiet = args.json or not ctx.main
+    with Progress(*cols, console=console, transient=True, disable=quiet) as bar:
         ep_task = bar.add_task("epochs", total=recipe.epochs, info="")
         st_task = bar.add_task("steps", total=steps, info="")
 
@@ -53,15 +64,25 @@ def cmd_run(args) -> int:
         def on_epoch(epoch, m):
             bar.update(ep_task, completed=epoch, info=f"top-1 {m['top1']:.2f}%  {m['train_throughput']:.0f} img/s")
             bar.reset(st_task, total=steps, info="")
-            if not args.json:
+            if not quiet:
                 bar.console.print(f"epoch {epoch:3d}/{recipe.epochs}  loss {m['loss']:.4f}  top-1 {m['top1']:6.2f}%  "
                                   f"top-5 {m['top5']:6.2f}%  {m['train_throughput']:7.1f} img/s  "
                                   f"{m['epoch_seconds']:.1f}s")
 
-        row = run_experiment(spec, dataset=args.dataset, data_dir=args.data_dir, download=args.download,
-                             recipe=recipe, seed=args.seed, device=args.device, callback=on_epoch,
-                             on_step=on_step, name=args.model, limit_train=args.limit_train,
-                             limit_test=args.limit_test)
+        def say(line):
+            if ctx.main:
+                bar.console.print(line, style="dim", highlight=False, soft_wrap=True)
+
+        try:
+            row = run_experiment(spec, dataset=args.dataset, data_dir=args.data_dir, download=args.download,
+                                 recipe=recipe, seed=args.seed, device=device, callback=on_epoch,
+                                 on_step=on_step, name=args.model, limit_train=args.limit_train,
+                                 limit_test=args.limit_test, inputs=inputs, checkpoint_dir=args.checkpoint_dir,
+                                 ctx=ctx, say=say)
+        finally:
+            dist.shutdown()
+    if not ctx.main:
+        return 0 if row["status"] == "ok" else 1
     if args.out:
         append_rows(args.out, [row])
     if args.json:

@@ -5,10 +5,11 @@
 - ``cifar10`` / ``cifar100``: torchvision's loaders under ``--data-dir``; downloads only
   with ``download=True``.
 - ``imagefolder``: ``--data-dir`` holding ``train/`` and ``val/`` (or ``test/``) with one
-  folder per class (ImageNet, Imagenette, CIFAR-10 as JPEGs, ...), grey or RGB.
+  folder per class (ImageNet, Imagenette, CIFAR-10 as JPEGs, ...), grey or RGB. Loading
+  lists the files only; :mod:`archbench.train.inputs` decodes them at the model's resolution
+  or streams them (``--cache``).
 
-Small datasets are decoded once into uint8 tensors in memory and resized there once to the
-model's input size; batches are then sliced, augmented and normalised as whole tensors.
+digits and CIFAR are held as uint8 tensors in memory.
 """
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ class Dataset:
     @property
     def in_chans(self) -> int:
         return self.train.x.shape[1]
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train.y)
 
     def subset(self, train: int | None = None, test: int | None = None) -> "Dataset":
         """A class-balanced, deterministic subset: the first images of each class."""
@@ -120,34 +125,51 @@ def load_cifar(name: str, data_dir: str | None, download: bool) -> Dataset:
     return _finish(name, split(tr), split(te), list(tr.classes), flip=True)
 
 
-def _read_folder(root: Path, classes: list[str] | None) -> tuple[Split, list[str]]:
-    from PIL import Image
+@dataclass
+class Folder:
+    """An image folder known by its file lists (nothing decoded yet): the images are decoded
+    at the model's resolution or streamed once that is known (:mod:`archbench.train.inputs`)."""
 
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
-    classes = classes or found
-    missing = sorted(set(found) - set(classes))
-    if missing:
-        raise ValueError(f"{root} has class folders not in train/: {', '.join(missing[:5])}")
-    files = [(p, i) for i, c in enumerate(classes) if (root / c).is_dir()
-             for p in sorted((root / c).iterdir()) if p.suffix.lower() in IMG_EXTS]
-    if not files:
-        raise ValueError(f"no images under {root} (expected {root}/<class>/<image>.jpg)")
-    first = Image.open(files[0][0])
-    mode = "L" if first.mode in ("L", "I", "I;16", "1") else "RGB"
-    size = first.size
-    arrs = []
-    for p, _ in files:
-        im = Image.open(p).convert(mode)
-        if im.size != size:
-            im = im.resize(size, Image.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
-        arrs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    x = torch.from_numpy(np.stack(arrs))
-    y = torch.tensor([i for _, i in files])
-    return Split(x, y), classes
+    name: str
+    train_files: list[tuple[str, int]]
+    test_files: list[tuple[str, int]]
+    classes: list[str]
+    mode: str  # PIL mode the images are converted to: "RGB" or "L"
+    native_size: tuple[int, int]  # (H, W) of the first training image
+    flip: bool = True
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_files)
+
+    def subset(self, train: int | None = None, test: int | None = None) -> "Folder":
+        """A class-balanced, deterministic subset: the first files of each class."""
+        def pick(files, n):
+            if n is None or n >= len(files):
+                return files
+            if n < self.num_classes:
+                raise ValueError(f"a subset of {n} images cannot hold all {self.num_classes} classes")
+            per, count, out = n // self.num_classes, {}, []
+            for f in files:
+                if count.get(f[1], 0) < per:
+                    count[f[1]] = count.get(f[1], 0) + 1
+                    out.append(f)
+            return out
+        return Folder(self.name, pick(self.train_files, train), pick(self.test_files, test), self.classes,
+                      self.mode, self.native_size, self.flip)
 
 
-def load_imagefolder(data_dir: str | None) -> Dataset:
+def load_imagefolder(data_dir: str | None) -> Folder:
+    from archbench.train.folder import image_mode, load_image, scan_split
+
     if not data_dir:
         raise ValueError("imagefolder needs --data-dir holding train/ and val/ (or test/)")
     root = Path(data_dir)
@@ -156,18 +178,19 @@ def load_imagefolder(data_dir: str | None) -> Dataset:
     held = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if not (root / "train").is_dir() or held is None:
         raise ValueError(f"{data_dir!r} must hold train/ and val/ (or test/), one folder per class inside")
-    train, classes = _read_folder(root / "train", None)
-    test, _ = _read_folder(held, classes)
-    if train.x.shape[1:] != test.x.shape[1:]:
-        test = Split(_resize(test, train.x.shape[-2:]).x if train.x.shape[1] == test.x.shape[1]
-                     else test.x, test.y)
-    return _finish(f"imagefolder:{root.name}", train, test, classes, flip=True)
+    train, classes = scan_split(root / "train")
+    if len(classes) < 2:
+        raise ValueError(f"dataset {root.name!r} has {len(classes)} class; classification needs at least 2")
+    test, _ = scan_split(held, classes)
+    mode = image_mode(train)
+    native = next((im.height, im.width) for im in (load_image(p, mode) for p, _ in train) if im is not None)
+    return Folder(f"imagefolder:{root.name}", train, test, classes, mode, native)
 
 
 _CACHE: dict[tuple, Dataset] = {}
 
 
-def load_dataset(name: str, data_dir: str | None = None, download: bool = False) -> Dataset:
+def load_dataset(name: str, data_dir: str | None = None, download: bool = False) -> Dataset | Folder:
     """A dataset by name, decoded once per process (later calls return the same tensors)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, Callable
 
 import torch
 
 from archbench.builder import build_model
 from archbench.spec import ArchSpec
+from archbench.train.batches import LoaderBatches
+from archbench.train.checkpoint import Checkpointer
 from archbench.train.data import load_dataset
+from archbench.train.dist import Dist
+from archbench.train.inputs import Inputs, make_batches
 from archbench.train.loop import Diverged, Recipe, train
 
 # the input size a dataset's images are brought to when the model flags don't say
@@ -18,27 +23,55 @@ DATASET_EPOCHS = {"digits": 15}
 DEFAULT_EPOCHS = 30
 
 
+def run_identity(spec: ArchSpec, *, dataset: str, recipe: Recipe, seed: int, device: str, world_size: int,
+                 limit_train: int | None, limit_test: int | None) -> dict[str, Any]:
+    """What makes two runs the same run (a checkpoint of another identity is refused)."""
+    from archbench.ablate.plan import numerics
+
+    return {"spec": spec.to_dict(), "recipe": recipe.as_dict(), "dataset": dataset, "limit_train": limit_train,
+            "limit_test": limit_test, "seed": seed, "numerics": numerics(device), "world_size": world_size}
+
+
 def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | None = None, download: bool = False,
                    recipe: Recipe = Recipe(), seed: int = 0, device: str = "cpu",
                    callback: Callable[[int, dict], None] | None = None,
                    on_step: Callable[[int, int, float], None] | None = None, name: str | None = None,
-                   limit_train: int | None = None, limit_test: int | None = None) -> dict[str, Any]:
+                   limit_train: int | None = None, limit_test: int | None = None, inputs: Inputs = Inputs(),
+                   checkpoint_dir: str | None = None, ctx: Dist = Dist(),
+                   say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train ``spec`` on ``dataset`` and return the results row (``status`` ok or failed).
 
-    The spec must already fit the data (see :func:`fit_spec_to_data`)."""
+    The spec must already fit the data (see :func:`fit_spec_to_data`). With
+    ``checkpoint_dir``, the run saves its state there at each epoch end and continues from
+    it when called again; a finished run returns its row without training. ``say`` receives
+    one-line notes (the cache chosen, a resume, skipped images)."""
     from archbench.measure import count_macs, count_params
     from archbench.results import provenance
 
     recipe.check()
+    inputs.check()
+    say = say or (lambda line: None)
     t_start = time.perf_counter()
-    data = load_dataset(dataset, data_dir, download).subset(limit_train, limit_test).resized(spec.img_size)
+    if recipe.drop_path is not None and recipe.drop_path != spec.drop_path:
+        spec = spec.replace(drop_path=recipe.drop_path)
+    ckpt = None
+    if checkpoint_dir:
+        ckpt = Checkpointer(checkpoint_dir, run_identity(
+            spec, dataset=dataset, recipe=recipe, seed=seed, device=device, world_size=ctx.world_size,
+            limit_train=limit_train, limit_test=limit_test))
+        ckpt.check_writable()
+        done = ckpt.finished_row()
+        if done is not None:
+            say(f"this run finished before in {checkpoint_dir}: its row, no training")
+            return done
+    data = load_dataset(dataset, data_dir, download).subset(limit_train, limit_test)
     torch.manual_seed(seed)
     model = build_model(spec)
     row: dict[str, Any] = {
         "name": name or f"{spec.macro} {'+'.join(dict.fromkeys(s.mixer for s in spec.stages))}"
                         f"/{'+'.join(dict.fromkeys(s.ffn for s in spec.stages))}",
-        "dataset": data.name, "train_images": len(data.train.y), "test_images": len(data.test.y),
-        "seed": seed, "recipe": {**recipe.as_dict(), "limit_train": limit_train, "limit_test": limit_test}, "macro": spec.macro,
+        "dataset": data.name, "train_images": data.n_train, "seed": seed,
+        "recipe": {**recipe.as_dict(), "limit_train": limit_train, "limit_test": limit_test}, "macro": spec.macro,
         "mixers": sorted({s.mixer for s in spec.stages}), "ffns": sorted({s.ffn for s in spec.stages}),
         "params": count_params(model).total,
     }
@@ -46,12 +79,22 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
         row["gmacs_fvcore"] = count_macs(model, (1, spec.in_chans, *spec.img_size)).gmacs
     except Exception as e:  # noqa: BLE001 - a counter failure must not cost the run
         row["gmacs_fvcore"], row["fvcore_error"] = None, f"{type(e).__name__}: {e}"[:300]
+    dev = torch.device(device)
+    batches, chosen = make_batches(data, spec.img_size, recipe, inputs, seed=seed, device=dev, ctx=ctx, say=say)
+    row["test_images"] = len(data.test.y) if hasattr(data, "test") else len(data.test_files)
+    row["inputs"] = {**asdict(inputs), **chosen}
     status, error = "ok", None
     hist = None
+    if ckpt is not None and ckpt.state_path.is_file():
+        say(f"resuming from {ckpt.state_path}")
     try:
-        hist = train(model, data, recipe, seed=seed, device=device, callback=callback, on_step=on_step)
+        hist = train(model, batches, recipe, num_classes=spec.num_classes, seed=seed, device=dev, ctx=ctx,
+                     checkpoint=ckpt, callback=callback, on_step=on_step)
     except Diverged as e:
         status, error = "failed", str(e)
+    skipped = batches.bad.summary() if isinstance(batches, LoaderBatches) else None
+    if skipped:
+        say(skipped)
     last = hist.last if hist else {}
     row.update({
         "status": status, "error": error, "top1": last.get("top1"), "top5": last.get("top5"),
@@ -60,11 +103,16 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
         "train_throughput": (hist.train_images / hist.train_seconds) if hist and hist.train_seconds else None,
         "train_seconds": hist.train_seconds if hist else None, "wall_seconds": time.perf_counter() - t_start,
         "epochs_done": len(hist.epochs) if hist else 0, "history": hist.epochs if hist else [],
-        "device": device, "spec": spec.to_json(),
+        "device": device, "spec": spec.to_json(), "world_size": ctx.world_size,
+        "resumed_from_epoch": hist.resumed_from if hist else 0, "skipped_images": skipped,
     })
+    if "ema_top1" in last:
+        row.update(ema_top1=last["ema_top1"], ema_top5=last["ema_top5"])
     from archbench.measure.speed import device_name
-    row["device"] = device_name(torch.device(device))
+    row["device"] = device_name(dev)
     row.update(provenance(threads=torch.get_num_threads()))
+    if ckpt is not None and ctx.main and status == "ok":
+        ckpt.save_row(row)
     return row
 
 

@@ -1,0 +1,89 @@
+"""Per-run checkpoints: everything a run needs to continue exactly where it stopped.
+
+A run's folder holds ``last.pt`` (written at each epoch end: write to a temporary file, then
+rename, so a kill never leaves half a checkpoint) and, once the run has finished, ``row.json``
+(its results row: rerunning a finished run returns it without training). Each file carries
+the run's identity (spec, recipe, data, seed, numerics, world size); a folder holding another
+run's checkpoint is refused rather than mixed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class Checkpointer:
+    """Saves and restores one run's training state in ``folder``."""
+
+    def __init__(self, folder: str | Path, identity: dict[str, Any]):
+        self.folder = Path(folder)
+        self.identity = json.loads(json.dumps(identity, sort_keys=True, default=str))  # plain JSON types
+        self.state_path = self.folder / "last.pt"
+        self.row_path = self.folder / "row.json"
+
+    def check_writable(self) -> None:
+        """Fail before any training if the folder cannot hold checkpoints."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            probe = self.folder / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ValueError(f"--checkpoint-dir {str(self.folder)!r} is not writable: {e.strerror}") from None
+
+    def _check_identity(self, found: dict[str, Any], what: str) -> None:
+        if found == self.identity:
+            return
+        keys = sorted(k for k in set(found) | set(self.identity) if found.get(k) != self.identity.get(k))
+        raise ValueError(f"{what} in {str(self.folder)!r} belongs to another run (its {', '.join(keys)} "
+                         f"differ{'s' if len(keys) == 1 else ''}); use another --checkpoint-dir or remove it")
+
+    def finished_row(self) -> dict[str, Any] | None:
+        """The row of this run if it has finished here already."""
+        if not self.row_path.is_file():
+            return None
+        saved = json.loads(self.row_path.read_text())
+        self._check_identity(saved["identity"], "a finished run")
+        return saved["row"]
+
+    def load(self) -> dict[str, Any] | None:
+        """The last saved training state, or None if the run has not saved one."""
+        if not self.state_path.is_file():
+            return None
+        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        self._check_identity(state["identity"], "the checkpoint")
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save({**state, "identity": self.identity}, tmp)
+        os.replace(tmp, self.state_path)
+
+    def save_row(self, row: dict[str, Any]) -> None:
+        tmp = self.row_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"identity": self.identity, "row": row}, default=str))
+        os.replace(tmp, self.row_path)
+
+
+def rng_state(gen: torch.Generator | None) -> dict[str, Any]:
+    """Every random state a run draws from (python, numpy, torch CPU and CUDA, the loop's generator)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "gen": gen.get_state() if gen is not None else None}
+
+
+def set_rng_state(state: dict[str, Any], gen: torch.Generator | None) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if gen is not None and state["gen"] is not None:
+        gen.set_state(state["gen"])
