@@ -1,7 +1,8 @@
 """Ablations: factor parsing, budget matching (checked on the built models), paired
-statistics (against a hand-computed case), an end-to-end 2-arm × 2-seed run on digits,
-resume without retraining (also after a SIGKILL or Ctrl-C mid-ablation, one
-worker or two), and one-line errors for bad input."""
+statistics and their power (against hand-computed and independently computed cases), an
+end-to-end 2-arm × 2-seed run on digits, resume without retraining (also after a SIGKILL or
+Ctrl-C mid-ablation, one worker or two), ``--seeds auto`` (the widening rule on a scripted
+table, and end to end on digits), and one-line errors for bad input."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ import pytest
 from archbench.ablate.budget import BudgetError, match_budget, measure
 from archbench.ablate.factors import parse_vary
 from archbench.ablate.plan import make_arms
-from archbench.ablate.stats import paired_diff, summarize
+from archbench.ablate.stats import mde, paired_diff, seeds_for_power, seeds_for_width, summarize, t_power
 from archbench.builder import make_spec
 from archbench.cli import main
 
@@ -43,6 +44,38 @@ def test_paired_stats_hand_computed():
     s = summarize([1.0, 2.0, 3.0, 4.0])
     assert s.mean == 2.5 and s.std == pytest.approx(math.sqrt(5 / 3))
     assert math.isnan(paired_diff({0: 1.0}, {0: 2.0}).ci_low)  # one pair: no interval
+
+
+def test_power_of_the_paired_t_test():
+    from scipy import integrate, optimize, stats
+
+    # n = 3 pairs, SD of the differences 1, two-sided α = 0.05, 80 % power: MDE 3.26404 SDs. Independent
+    # check, not through the noncentral t: power = E_V[P(|Z + δ√n| > t_crit √(V/df))] with V ~ χ²(df),
+    # integrated numerically, then solved for δ.
+    def power_by_integration(d, n=3, alpha=0.05):
+        df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
+        def f(v):
+            c = crit * math.sqrt(v / df)
+            return (stats.norm.sf(c - d * math.sqrt(n)) + stats.norm.cdf(-c - d * math.sqrt(n))) * stats.chi2.pdf(v, df)
+        return integrate.quad(f, 0, math.inf, epsabs=1e-13, epsrel=1e-12)[0]
+
+    independent = optimize.brentq(lambda d: power_by_integration(d) - 0.8, 0.1, 20, xtol=1e-12)
+    assert independent == pytest.approx(3.26404, abs=1e-5)
+    assert mde(3, 1.0) == pytest.approx(independent, rel=1e-7)
+    assert mde(3, 2.5) == pytest.approx(2.5 * independent, rel=1e-7)  # scales with the SD
+    assert t_power(2.0, 3) == pytest.approx(power_by_integration(2.0), abs=1e-9)
+    assert mde(10, 1.0) == pytest.approx(0.99600, abs=1e-5)  # n = 10, by the same integration
+    assert mde(10, 1.0) == pytest.approx(optimize.brentq(
+        lambda d: power_by_integration(d, n=10) - 0.8, 0.1, 20, xtol=1e-12), rel=1e-7)
+    assert math.isnan(mde(1, 1.0)) and mde(3, 0.0) == 0.0
+
+    # seeds to detect Δ = 1 SD: Guenther's (1981) approximation n ≈ (z.975 + z.8)² / d² + z.975² / 2
+    # = (1.95996 + 0.84162)² + 1.95996² / 2 = 9.77 → 10; exact: MDE(10) = 0.996 ≤ 1 < MDE(9)
+    assert seeds_for_power(1.0, 1.0) == 10 and mde(9, 1.0) > 1.0 >= mde(10, 1.0)
+    assert seeds_for_power(-1.0, 1.0) == 10 and seeds_for_power(0.0, 1.0) == math.inf
+    # a 95 % interval 2 SDs wide (±1): 2 t(.975, n-1) / √n ≤ 2; t table: t(.975, 5) = 2.571, t(.975, 6) = 2.447
+    # → n = 6: 2.571 / 2.449 = 1.05 > 1; n = 7: 2.447 / 2.646 = 0.925
+    assert seeds_for_width(1.0, 2.0) == 7
 
 
 @pytest.mark.parametrize("metric", ["gmacs", "params"])
@@ -93,11 +126,82 @@ def test_ablate_end_to_end_then_resume(tmp_path, capsys):
     assert len(pd.read_parquet(out / "runs.parquet")) == 6
 
 
+def test_seeds_auto_widens_only_the_wide_arms(tmp_path):
+    """The widening rule on scripted accuracies (no training): an arm whose interval is already
+    narrow stops at the minimum, a noisy one goes to the maximum, the base gets every seed; an arm
+    shared by two ablations is trained once; a second call trains nothing."""
+    import dataclasses
+
+    from archbench.ablate.plan import Ablation
+    from archbench.ablate.report import arm_table
+    from archbench.ablate.runner import AutoSeeds, load_runs, run_auto, table_stem
+    from archbench.results import append_rows
+    from archbench.train.loop import Recipe
+
+    base, tight, noisy, other = make_arms(BASE, [parse_vary("mlp_ratio=4,2,1,3")])
+    abl1 = Ablation(name="a", arms=[base, tight, noisy], seeds=[0], recipe=Recipe(epochs=1), out=str(tmp_path))
+    abl2 = dataclasses.replace(abl1, name="b", arms=[dataclasses.replace(noisy, is_base=True), other])
+    z = [0.3, -0.8, 0.5, 0.1, -0.2, 0.9]  # seed effects shared by every arm (pairing)
+    top1 = {base.id: lambda s: 70 + z[s],
+            tight.id: lambda s: 71 + z[s] + 0.001 * s,      # Δ ≈ 1, SD 0.001: width ≈ 0.005 at 3 seeds
+            noisy.id: lambda s: 70 + z[s] + 3 * (-1) ** s,  # Δ = ±3: never within 0.5
+            other.id: lambda s: 70.5 + z[s] + 3 * (-1) ** s + 0.001 * s}  # vs noisy: as tight vs base
+    trained = []
+
+    def train(todo):
+        trained.extend((a.id, s) for a, s in todo)
+        append_rows(table_stem(abl1), [{"run_key": abl1.run_key(a), "seed": s, "status": "ok", "top1": top1[a.id](s),
+                                        "device": "cpu", "throughput": 1.0, "train_seconds": 1.0, "wall_seconds": 1.0}
+                                       for a, s in todo])
+
+    auto = AutoSeeds(width=0.5, min_seeds=3, max_seeds=5)
+    counts = run_auto([abl1, abl2], auto, train)
+    assert counts == [{base.id: 5, tight.id: 3, noisy.id: 5}, {noisy.id: 5, other.id: 3}]
+    assert len(trained) == len(set(trained)) == 5 + 3 + 5 + 3
+    full = dataclasses.replace(abl1, seeds=list(range(5)))
+    table = arm_table(full, load_runs(full)).set_index("arm")
+    assert list(table["seeds"]) == [5, 3, 5]
+    assert table.loc[tight.id, "ci_high"] - table.loc[tight.id, "ci_low"] <= 0.5
+    assert table.loc[noisy.id, "mde80"] == pytest.approx(mde(5, table.loc[noisy.id, "diff_sd"]))
+    trained.clear()
+    assert run_auto([abl1, abl2], auto, train) == counts and trained == []
+
+
+def test_ablate_seeds_auto_end_to_end_then_rerun(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    out = tmp_path / "auto"
+    argv = ["ablate", "--mixer", "shift", "--ffn", "mlp", "--dims", "16", "--depths", "1", "--img-size", "8",
+            "--epochs", "1", "--limit-train", "100", "--limit-test", "50", "--vary", "mlp_ratio=4,2",
+            "--seeds", "auto", "--ci-width", "0.001", "--min-seeds", "2", "--max-seeds", "3", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    table = json.loads(text.strip().splitlines()[-1])
+    assert [(r["arm"], r["seeds"]) for r in table] == [("mlp_ratio=4", 3), ("mlp_ratio=2", 3)]
+    assert "round 1: 2 runs" in text and "stopped at 3 seeds" in text and "mlp_ratio=2 (width" in text
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == 6 and set(runs[runs["is_base"]]["seed"]) == {0, 1, 2} == set(runs["seed"])
+    assert table[1]["mde80"] == pytest.approx(mde(3, table[1]["diff_sd"]))
+    assert "MDE 80%" in (out / "arms.md").read_text()
+    assert main(argv) == 0  # the same command again: nothing to train
+    assert "trained 0 runs" in capsys.readouterr().out
+    assert len(pd.read_parquet(out / "runs.parquet")) == 6
+
+
 @pytest.mark.parametrize("extra,msg", [
     (["--vary", "colour=red"], "unknown factor"),
     (["--vary", "mixer="], "no values"),
     (["--vary", "mixer=msa,shift", "--match", "gmacs", "--tol", "0.0001"], "closest"),
     (["--vary", "mixer=shift,none", "--seeds", "0"], "--seeds"),
+    (["--vary", "mixer=shift,none", "--seeds", "many"], "--seeds takes a number of seeds or auto"),
+    (["--vary", "mixer=shift,none", "--seeds", "auto"], "--seeds auto needs --ci-width"),
+    (["--vary", "mixer=shift,none", "--ci-width", "2"], "--ci-width only applies with --seeds auto"),
+    (["--vary", "mixer=shift,none", "--seeds", "auto", "--ci-width", "0"], "--ci-width must be > 0"),
+    (["--vary", "mixer=shift,none", "--seeds", "auto", "--ci-width", "2", "--max-seeds", "1"], "--max-seeds must be >= 2"),
+    (["--vary", "mixer=shift,none", "--seeds", "auto", "--ci-width", "2", "--min-seeds", "5", "--max-seeds", "4"],
+     "--min-seeds 5 is above --max-seeds 4"),
 ])
 def test_ablate_bad_input_one_line_exit_2(extra, msg, capsys, tmp_path):
     rc = main(["ablate", "--dims", "12,24", "--depths", "1,1", "--heads", "1,2", "--macro", "pyramid",
@@ -112,6 +216,8 @@ def test_study_quick_dry_run_builds_matched_sections(capsys):
     for sec in ("mixer:", "gamma:", "mlp_ratio:", "components:"):
         assert sec in text
     assert main(["study", "nosuch", "--dry-run"]) == 2
+    assert main(["study", "shiftvit", "--quick", "--dry-run", "--seeds", "auto"]) == 2
+    assert "--seeds auto needs --ci-width" in capsys.readouterr().err
     from archbench.cli.study import PROFILE_NAMES
     from archbench.studies.shiftvit import PROFILES
 
@@ -205,12 +311,16 @@ def test_run_identity_includes_numerics(tmp_path):
 
     committed = Path(__file__).resolve().parents[1] / "results/studies/shiftvit/runs.parquet"
     row = pd.read_parquet(committed).iloc[0]
-    spec = ArchSpec.from_json(row["spec"])
+    # the committed runs were trained with archbench 0.1's init: named, they keep their keys
+    spec = ArchSpec.from_json(row["spec"]).replace(init="archbench-0.1")
     recipe = Recipe(**{k: v for k, v in json.loads(row["recipe"]).items() if not k.startswith("limit_")})
     arm = Arm(id=row["arm"], changes={}, labels={}, spec=spec, cost=None)
     data = {"name": row["dataset"].split(":")[0], "download": False, "limit_train": None, "limit_test": None}
     gpu = Ablation(name="x", arms=[arm], seeds=[0], recipe=recipe, dataset=data, device="cuda")
     assert gpu.run_key(arm) == row["run_key"]  # recorded by the H100 run
+    # the same spec under the pyramid's official (ShiftViT) init is another model: another key
+    official = dataclasses.replace(arm, spec=ArchSpec.from_json(row["spec"]))
+    assert gpu.run_key(official) != row["run_key"]
     cpu = dataclasses.replace(gpu, device="cpu")
     assert cpu.run_key(arm) != gpu.run_key(arm) and (cpu.numerics, gpu.numerics) == ("fp32", "bf16 autocast")
 

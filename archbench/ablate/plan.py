@@ -58,8 +58,12 @@ class Ablation:
     def run_key(self, arm: Arm) -> str:
         """Identifies a trained (arm, recipe, data, numerics) combination: a rerun skips finished
         ones, and runs under other numerics (a CPU's fp32 vs a GPU's bf16 autocast) never pair."""
-        ident: dict[str, Any] = {"spec": canonical_spec(arm.spec), "recipe": self.recipe.as_dict(),
+        ident: dict[str, Any] = {"spec": canonical_spec(arm.spec), "recipe": self.recipe.identity(),
                                  "data": {k: v for k, v in self.dataset.items() if k != "data_dir"}}
+        init = resolved_init(arm.spec)
+        if init != LEGACY_INIT:
+            # runs trained with archbench 0.1's init keep their keys (and pair only with each other)
+            ident["init"] = init
         if self.numerics != GPU_NUMERICS:
             # GPU keys leave the field out: they were made before numerics joined the key, and
             # committed GPU runs must stay resumable
@@ -68,6 +72,14 @@ class Ablation:
 
 
 GPU_NUMERICS = "bf16 autocast"
+LEGACY_INIT = "archbench-0.1"  # the init every model had before the per-family schemes
+
+
+def resolved_init(spec: ArchSpec) -> str:
+    """The init scheme a spec is built with: its own, or its macro family's."""
+    from archbench.registry import MACROS
+
+    return spec.init or MACROS.get(spec.macro).default_init(spec)
 
 
 def numerics(device: str) -> str:
@@ -84,6 +96,7 @@ def canonical_spec(spec: ArchSpec) -> dict[str, Any]:
     from archbench.registry import FFNS, MIXERS
 
     d = spec.to_dict()
+    d.pop("init", None)  # the run key names the resolved scheme instead (Ablation.run_key)
     for st in d["stages"]:
         for key, registry in (("mixer", MIXERS), ("ffn", FFNS)):
             params = inspect.signature(registry.get(st[key])).parameters

@@ -1,17 +1,20 @@
 """An ablation's outputs: the per-arm table (mean ± std over seeds, paired difference to the
-base arm with its confidence interval, size, cost, speed, time) and the plots (top-1 vs
-GMACs and vs throughput, error bars = one std over seeds)."""
+base arm with its confidence interval and the test's power, size, cost, speed, time) and
+the plots (top-1 vs GMACs and vs throughput, error bars = one std over seeds)."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from archbench.ablate.plan import Ablation
-from archbench.ablate.stats import paired_diff, summarize
+from archbench.ablate.stats import POWER, mde, paired_diff, seeds_for_power, summarize
+
+if TYPE_CHECKING:
+    from archbench.ablate.runner import AutoSeeds
 
 METRIC = "top1"
 
@@ -31,7 +34,12 @@ def arm_table(abl: Ablation, runs: pd.DataFrame, metric: str = METRIC) -> pd.Dat
     Accuracy pools every seed whatever machine trained it (same recipe, seeds and data order),
     but speed and time only compare within one machine: when the runs span several devices, the
     speed columns come from the device that trained most runs (``speed_device``), and from
-    another only for an arm that has no run there (``speed_device`` says which)."""
+    another only for an arm that has no run there (``speed_device`` says which).
+
+    Power (see :func:`power_note`): ``mde80`` is the minimum detectable difference at 80 % power
+    of the two-sided paired t-test at α = 1 − conf, from the arm's paired seeds and the observed
+    SD of its per-seed differences (``pairs``, ``diff_sd``); ``seeds80`` the seeds that would
+    detect the observed Δ so."""
     ok = runs[runs["status"] == "ok"] if not runs.empty else runs
     main_dev = ok["device"].astype(str).value_counts().index[0] if len(ok) else ""
     by_arm = {a.id: ok[ok["arm"] == a.id] for a in abl.arms} if not ok.empty else {a.id: ok for a in abl.arms}
@@ -52,9 +60,13 @@ def arm_table(abl: Ablation, runs: pd.DataFrame, metric: str = METRIC) -> pd.Dat
         }
         if not arm.is_base:
             p = paired_diff(base_vals, vals, abl.conf)
-            row.update({"diff": p.mean, "ci_low": p.ci_low, "ci_high": p.ci_high, "p_value": p.p_value})
+            alpha = 1 - abl.conf
+            row.update({"diff": p.mean, "ci_low": p.ci_low, "ci_high": p.ci_high, "p_value": p.p_value,
+                        "pairs": p.n, "diff_sd": p.std, "mde80": mde(p.n, p.std, alpha, POWER),
+                        "seeds80": seeds_for_power(p.mean, p.std, alpha, POWER)})
         else:
-            row.update({"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan})
+            row.update({k: math.nan for k in ("diff", "ci_low", "ci_high", "p_value", "pairs", "diff_sd", "mde80",
+                                              "seeds80")})
         n_failed = int((runs["arm"] == arm.id).sum() - len(sub)) if not runs.empty else 0
         devs = sub["device"].astype(str).value_counts() if len(sub) else pd.Series(dtype=int)
         fast = sub[sub["device"].astype(str) == main_dev] if main_dev in devs else sub
@@ -76,6 +88,45 @@ def _f(v: float, fmt: str) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
+def _seeds(n: float) -> str:
+    return "–" if math.isnan(n) else ("∞" if math.isinf(n) else f"{n:.0f}")
+
+
+def power_note(conf: float = 0.95) -> str:
+    """What the power columns mean (printed under the arm table)."""
+    return (f"MDE 80%: the smallest |Δ| that a two-sided paired t-test at α = {1 - conf:.2g} detects with 80% "
+            "power, given the arm's paired seeds and the observed SD of its per-seed differences (noncentral t); "
+            "seeds for Δ at 80%: how many paired seeds would detect the observed Δ with 80% power at that SD. "
+            "An interval that covers 0 with an MDE above the Δ of interest means 'not resolved', not 'equal'.")
+
+
+def auto_summary(table: pd.DataFrame, auto: AutoSeeds, counts: dict[str, int], conf: float = 0.95) -> list[str]:
+    """Under ``--seeds auto``: which arms' intervals reached the width, which stopped at the most
+    seeds (with the seeds the observed spread would need), which are still short of their seeds."""
+    from archbench.ablate.stats import seeds_for_width
+
+    reached, at_max, short = [], [], []
+    for _, r in table[~table["base"]].iterrows():
+        width = f"width {_f(r['ci_high'] - r['ci_low'], '.2f')}"
+        if auto.reached(r):
+            reached.append(f"{r['arm']} ({r['seeds']} seeds, {width})")
+        elif counts.get(r["arm"], 0) >= auto.max_seeds:
+            need = seeds_for_width(r["diff_sd"], auto.width, conf)
+            if not math.isnan(need):
+                width += (f"; {'over a million' if math.isinf(need) else f'about {need:.0f}'} seeds would reach "
+                          f"{auto.width:g} at the observed spread")
+            at_max.append(f"{r['arm']} ({width})")
+        else:
+            short.append(f"{r['arm']} ({r['seeds']} seeds, {width})")
+    lines = [f"--seeds auto: {auto.min_seeds}–{auto.max_seeds} seeds per arm, one more per round while the "
+             f"{conf:.0%} interval of Δ is wider than {auto.width:g} pts (full width)"]
+    lines += [f"reached the width: {', '.join(reached)}"] if reached else []
+    lines += [f"stopped at {auto.max_seeds} seeds (--max-seeds) still wider: {', '.join(at_max)}"] if at_max else []
+    lines += [f"still wider, below --max-seeds (training with the same flags continues them): {', '.join(short)}"] \
+        if short else []
+    return lines
+
+
 def _where(r: pd.Series) -> str:
     if not r["speed_device"]:
         return ""
@@ -87,9 +138,9 @@ def to_markdown(table: pd.DataFrame, conf: float = 0.95, metric: str = METRIC) -
     devices = set(", ".join(table["device"]).split(", ")) - {""} if "device" in table else set()
     mixed = len(devices) > 1  # then each row says where its seeds ran and where its speed comes from
     head = (f"| arm | depths | dims | params (M) | GMACs | budget | seeds | {metric} % (mean ± std) | "
-            f"Δ vs base (pts) [{conf:.0%} CI] | p | img/s | train s/run | wall s (all seeds) |"
-            + (" runs per device |" if mixed else ""))
-    lines = [head, "|" + "---|" * (14 if mixed else 13)]
+            f"Δ vs base (pts) [{conf:.0%} CI] | p | MDE 80% (pts) | seeds for Δ at 80% | img/s | train s/run | "
+            "wall s (all seeds) |" + (" runs per device |" if mixed else ""))
+    lines = [head, "|" + "---|" * (16 if mixed else 15)]
     for _, r in table.iterrows():
         diff = "base" if r["base"] else (f"{_f(r['diff'], '+.2f')} [{_f(r['ci_low'], '+.2f')}, "
                                          f"{_f(r['ci_high'], '+.2f')}]")
@@ -97,7 +148,8 @@ def to_markdown(table: pd.DataFrame, conf: float = 0.95, metric: str = METRIC) -
             f"| {r['arm']} | {r['depths']} | {r['dims']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | "
             f"{r['budget'] or ('target' if r['base'] else '')} | {r['seeds']} | "
             f"{_f(r[f'{metric}_mean'], '.2f')} ± {_f(r[f'{metric}_std'], '.2f')} | {diff} | "
-            f"{'' if r['base'] else _f(r['p_value'], '.3f')} | {_f(r['throughput'], '.0f')} | "
+            f"{'' if r['base'] else _f(r['p_value'], '.3f')} | {'' if r['base'] else _f(r['mde80'], '.2f')} | "
+            f"{'' if r['base'] else _seeds(r['seeds80'])} | {_f(r['throughput'], '.0f')} | "
             f"{_f(r['train_s_mean'], '.1f')} | {_f(r['wall_s_total'], '.0f')} |"
             + (f" {_where(r)} |" if mixed else ""))
     return "\n".join(lines)
@@ -151,7 +203,7 @@ def write_outputs(abl: Ablation, runs: pd.DataFrame, out_dir: str | Path | None 
     table = arm_table(abl, runs)
     _replace(table, out / f"{prefix}arms.parquet")
     _replace(table, out / f"{prefix}arms.csv")
-    (out / f"{prefix}arms.md").write_text(to_markdown(table, abl.conf) + "\n")
+    (out / f"{prefix}arms.md").write_text(to_markdown(table, abl.conf) + "\n\n" + power_note(abl.conf) + "\n")
     files = [out / f"{prefix}arms.parquet", out / f"{prefix}arms.csv", out / f"{prefix}arms.md"]
     title = f"{abl.name}: {len(abl.arms)} arms × {len(list(abl.seeds))} seeds"
     files += plot(table, out / f"{prefix}top1_vs_gmacs", x="gmacs", title=title)

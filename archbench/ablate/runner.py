@@ -5,14 +5,23 @@ file lock), so an interrupted ablation keeps what finished; a rerun of the same 
 skips every (arm, seed) whose row is there (keyed by spec + recipe + data, so a changed
 recipe trains anew). ``jobs > 1`` trains several runs at once in worker processes (on a
 GPU, small models leave most of it idle; on several GPUs the runs are spread over them).
+
+``--seeds auto`` (:class:`AutoSeeds`, :func:`run_auto`) trains in rounds: every arm starts
+with ``min_seeds`` seeds, and each round gives one more seed to every arm whose paired
+interval is still wider than the target width, until it is narrow enough or has
+``max_seeds``; the base arm always gets every seed any arm has, so every seed pairs. An
+arm's seeds are read back from the table (every seed up to the highest it has), so a rerun
+of the same command replays the same decisions and trains nothing new.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
@@ -164,3 +173,91 @@ def load_runs(abl: Ablation) -> pd.DataFrame:
     df = df[df["run_key"].isin(keys) & df["seed"].isin(list(abl.seeds))].copy()
     df["arm"] = df["run_key"].map(keys)
     return df.drop_duplicates(["run_key", "seed"], keep="last")
+
+
+@dataclass(frozen=True)
+class AutoSeeds:
+    """``--seeds auto``: seeds ``start``, ``start + 1``, ... per arm, at least ``min_seeds`` and at
+    most ``max_seeds``, added one per round while the arm's paired ``conf`` interval is wider than
+    ``width`` (its full width, high − low, in points). The stopping rule looks only at the spread
+    of the differences, never at Δ itself, so it does not steer Δ."""
+
+    width: float
+    min_seeds: int = 3
+    max_seeds: int = 10
+    start: int = 0
+
+    @property
+    def seeds(self) -> list[int]:
+        """Every seed an arm may get."""
+        return list(range(self.start, self.start + self.max_seeds))
+
+    def reached(self, row) -> bool:
+        """Whether an arm-table row's interval is at most ``width`` wide (no interval: no)."""
+        w = row["ci_high"] - row["ci_low"]
+        return not math.isnan(w) and w <= self.width
+
+
+def seed_counts(abls: Sequence[Ablation], auto: AutoSeeds) -> list[dict[str, int]]:
+    """Per ablation, arm id → how many seeds (from ``auto.start``) it has now: at least
+    ``min_seeds``, and up to the highest seed it has a row for (a gap left by an interrupted run
+    is filled); the base arm: the most any arm of its ablation has, so that every seed pairs."""
+    out = []
+    for abl in abls:
+        have: dict[str, int] = {}
+        for key, seed in finished(abl):
+            if auto.start <= seed < auto.start + auto.max_seeds:
+                have[key] = max(have.get(key, 0), seed - auto.start + 1)
+        counts = {a.id: max(auto.min_seeds, have.get(abl.run_key(a), 0)) for a in abl.arms}
+        counts[abl.base.id] = max(counts.values())
+        out.append(counts)
+    return out
+
+
+def missing(abls: Sequence[Ablation], counts: Sequence[dict[str, int]], start: int) -> list[tuple[Arm, int]]:
+    """The (arm, seed) runs that ``counts`` asks for and the table lacks, each once (arms shared by
+    several ablations are trained once)."""
+    todo, seen = [], set()
+    for abl, c in zip(abls, counts):
+        done = finished(abl)
+        for arm in abl.arms:
+            for seed in range(start, start + c[arm.id]):
+                key = (abl.run_key(arm), seed)
+                if key not in done and key not in seen:
+                    seen.add(key)
+                    todo.append((arm, seed))
+    return todo
+
+
+def run_auto(abls: Sequence[Ablation], auto: AutoSeeds, train: Callable[[list[tuple[Arm, int]]], Any],
+             on_round: Callable[[list[tuple[Arm, int]], list[str]], None] | None = None) -> list[dict[str, int]]:
+    """Train ``abls`` (sharing one runs table) in rounds under ``auto``; ``train(todo)`` trains and
+    records a list of (arm, seed); ``on_round(todo, widened)`` is told each round first (widened:
+    the arms given a seed because their interval is too wide; empty in a round that trains the
+    seeds the arms have so far). Returns the final seed counts per ablation (arm id → seeds)."""
+    from archbench.ablate.report import arm_table
+
+    abls = [replace(a, seeds=auto.seeds) for a in abls]
+    last = None
+    while True:
+        counts = seed_counts(abls, auto)
+        todo = missing(abls, counts, auto.start)
+        widened: list[str] = []
+        if not todo:  # every arm has its seeds: widen the arms whose interval is still too wide
+            for abl, c in zip(abls, counts):
+                table = arm_table(abl, load_runs(abl))
+                for _, r in table[~table["base"]].iterrows():
+                    if not auto.reached(r) and c[r["arm"]] < auto.max_seeds:
+                        c[r["arm"]] += 1
+                        widened.append(r["arm"])
+                c[abl.base.id] = max(c.values())
+            todo = missing(abls, counts, auto.start)
+            if not todo:
+                return counts
+        keys = {(abls[0].run_key(a), s) for a, s in todo}
+        if keys == last:  # train() recorded nothing: stop rather than loop
+            raise RuntimeError(f"{len(todo)} runs were trained but not recorded in {table_stem(abls[0])}")
+        last = keys
+        if on_round:
+            on_round(todo, widened)
+        train(todo)

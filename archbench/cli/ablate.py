@@ -9,6 +9,7 @@ from typing import Any
 
 from archbench.ablate.budget import ADJUST, METRICS
 from archbench.ablate.plan import DESIGNS, GPU_NUMERICS, Ablation, Arm
+from archbench.ablate.runner import AutoSeeds
 from archbench.cli.args import (_device, add_model_args, add_train_args, data_into_args, recipe_from_args,
                                 shorthand_from_args, spec_from_args)
 from archbench.cli.console import _console
@@ -30,7 +31,10 @@ def add_parser(sub, default_device: str) -> None:
     a.add_argument("--match", choices=METRICS, help="give every arm the base arm's GMACs or parameters")
     a.add_argument("--adjust", default="depth", choices=ADJUST, help="what changes to meet the budget")
     a.add_argument("--tol", type=float, default=0.05, help="relative budget tolerance (default 0.05 = ±5%%)")
-    a.add_argument("--seeds", type=int, default=3, help="seeds per arm (paired across arms)")
+    a.add_argument("--seeds", default="3", metavar="N|auto",
+                   help="seeds per arm (paired across arms), or auto: add seeds, one per round, to each arm whose "
+                        "paired interval is wider than --ci-width, from --min-seeds up to --max-seeds")
+    add_auto_args(a, min_default="3")
     a.add_argument("--seed-start", type=int, default=0)
     a.add_argument("--conf", type=float, default=0.95, help="confidence level of the paired intervals")
     a.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
@@ -40,6 +44,48 @@ def add_parser(sub, default_device: str) -> None:
     a.add_argument("--dry-run", action="store_true", help="build and match the arms, train nothing")
     a.add_argument("--json", action="store_true", help="print the arm table as JSON (last stdout line)")
     a.set_defaults(func=cmd_ablate)
+
+
+def add_auto_args(p, min_default: str) -> None:
+    """The ``--seeds auto`` flags (shared with ``archbench study``)."""
+    p.add_argument("--ci-width", type=float, metavar="W",
+                   help="with --seeds auto: the widest confidence interval of an arm's paired difference to the base "
+                        "to accept, in points, as its FULL width (high − low; at --conf in ablate, 95%% in study), "
+                        "e.g. 2 for ±1")
+    p.add_argument("--max-seeds", type=int, metavar="M", help="with --seeds auto: the most seeds an arm gets (default 10)")
+    p.add_argument("--min-seeds", type=int, metavar="K",
+                   help=f"with --seeds auto: the seeds every arm starts with (default {min_default}, at most "
+                        "--max-seeds)")
+
+
+def seeds_option(args, min_default: int) -> int | AutoSeeds | None:
+    """``--seeds N`` → N (None when not given); ``--seeds auto`` → :class:`AutoSeeds`; bad
+    combinations → UsageError."""
+    text = None if args.seeds is None else str(args.seeds).strip()
+    auto_flags = [f for f, v in (("--ci-width", args.ci_width), ("--max-seeds", args.max_seeds),
+                                 ("--min-seeds", args.min_seeds)) if v is not None]
+    if text != "auto":
+        if auto_flags:
+            raise UsageError(f"{auto_flags[0]} only applies with --seeds auto")
+        if text is None:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"--seeds takes a number of seeds or auto, got {text!r}") from None
+    if args.ci_width is None:
+        raise UsageError("--seeds auto needs --ci-width W: the widest paired-difference interval to accept (points)")
+    if not args.ci_width > 0:  # also catches nan
+        raise UsageError(f"--ci-width must be > 0 points, got {args.ci_width}")
+    top = 10 if args.max_seeds is None else args.max_seeds
+    if top < 2:
+        raise UsageError(f"--max-seeds must be >= 2 (an interval needs two paired seeds), got {top}")
+    low = min(min_default, top) if args.min_seeds is None else args.min_seeds
+    if low < 2:
+        raise UsageError(f"--min-seeds must be >= 2 (an interval needs two paired seeds), got {low}")
+    if low > top:
+        raise UsageError(f"--min-seeds {low} is above --max-seeds {top}")
+    return AutoSeeds(width=args.ci_width, min_seeds=low, max_seeds=top, start=getattr(args, "seed_start", 0))
 
 
 def check_counts(seeds: int, jobs: int, tol: float | None = None) -> None:
@@ -55,7 +101,9 @@ def cmd_ablate(args) -> int:
     from archbench.ablate.factors import parse_vary
     from archbench.ablate.plan import make_arms
 
-    check_counts(args.seeds, args.jobs, args.tol)
+    seeds = seeds_option(args, min_default=3)
+    auto = seeds if isinstance(seeds, AutoSeeds) else None
+    check_counts(auto.min_seeds if auto else seeds, args.jobs, args.tol)
     if not 0 < args.conf < 1:
         raise UsageError(f"--conf must be in (0, 1), got {args.conf}")
     factors = [parse_vary(v) for v in args.vary]
@@ -70,14 +118,15 @@ def cmd_ablate(args) -> int:
     if spec0.in_chans != data.in_chans or spec0.num_classes != data.num_classes:
         raise UsageError(f"the model takes {spec0.in_chans} channels / {spec0.num_classes} classes but {data.name} "
                          f"has {data.in_chans} / {data.num_classes}; set --in-chans / --num-classes")
-    abl = Ablation(name=name, arms=arms, seeds=list(range(args.seed_start, args.seed_start + args.seeds)),
+    seed_list = auto.seeds if auto else list(range(args.seed_start, args.seed_start + seeds))
+    abl = Ablation(name=name, arms=arms, seeds=seed_list,
                    recipe=recipe, dataset=dataset_cfg(args), device=args.device,
                    out=args.out or f"results/ablations/{name}", conf=args.conf,
                    command="archbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    print_plan(console, abl)
+    print_plan(console, abl, auto=auto)
     if args.dry_run:
         return 0
-    return train_and_report(console, abl, args.jobs, json_out=args.json)
+    return train_and_report(console, abl, args.jobs, json_out=args.json, auto=auto)
 
 
 def dataset_cfg(args) -> dict[str, Any]:
@@ -85,10 +134,17 @@ def dataset_cfg(args) -> dict[str, Any]:
             "limit_train": args.limit_train, "limit_test": args.limit_test}
 
 
-def print_plan(console, abl: Ablation, arms: list[Arm] | None = None) -> None:
+def seeds_text(abl: Ablation, auto: AutoSeeds | None) -> str:
+    if auto:
+        return (f"{auto.min_seeds}–{auto.max_seeds} seeds (auto: until the {abl.conf:.0%} interval is ≤ {auto.width:g} "
+                "pts wide)")
+    return f"{len(abl.seeds)} seeds"
+
+
+def print_plan(console, abl: Ablation, arms: list[Arm] | None = None, auto: AutoSeeds | None = None) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{abl.name}: {len(abl.arms)} arms × {len(abl.seeds)} seeds on {abl.dataset['name']}")
+    t = Table(title=f"{abl.name}: {len(abl.arms)} arms × {seeds_text(abl, auto)} on {abl.dataset['name']}")
     for col in ("arm", "depths", "dims", "params (M)", "GMACs", "budget"):
         t.add_column(col)
     for a in arms or abl.arms:
@@ -144,21 +200,58 @@ def note_elsewhere(console, *abls: Ablation) -> None:
                       f"{abls[0].device}, so they are not reused (pass --device {dev} to continue those)")
 
 
-def train_and_report(console, abl: Ablation, jobs: int, json_out: bool = False) -> int:
-    from archbench.ablate.report import arms_json, to_markdown, write_outputs
-    from archbench.ablate.runner import load_runs, pending
+class RoundPrinter:
+    """``on_round`` for :func:`run_auto`: a line per round naming what it trains, and the totals."""
 
-    todo = pending(abl)
-    total = len(abl.arms) * len(abl.seeds)
-    console.print(f"{len(todo)} of {total} runs to train ({total - len(todo)} already in {abl.out}/runs)")
-    note_elsewhere(console, abl)
-    run_with_progress(console, abl, todo, jobs)
+    def __init__(self, console, auto: AutoSeeds, conf: float):
+        self.console, self.auto, self.conf = console, auto, conf
+        self.rounds = self.runs = 0
+
+    def __call__(self, todo, widened: list[str]) -> None:
+        self.rounds += bool(widened)
+        self.runs += len(todo)
+        if widened:
+            self.console.print(f"round {self.rounds}: {len(todo)} runs; one more seed for the arms whose "
+                               f"{self.conf:.0%} interval is wider than {self.auto.width:g} pts, and the base: "
+                               f"{', '.join(dict.fromkeys(widened))}")
+        else:
+            self.console.print(f"{len(todo)} runs to train: the seeds each arm has so far (at least "
+                               f"{self.auto.min_seeds})")
+
+    def done(self, out: str) -> str:
+        return (f"--seeds auto: trained {self.runs} runs in {self.rounds} widening round"
+                f"{'' if self.rounds == 1 else 's'} (the others were already in {out}/runs)")
+
+
+def train_and_report(console, abl: Ablation, jobs: int, json_out: bool = False, auto: AutoSeeds | None = None) -> int:
+    import dataclasses
+
+    from archbench.ablate.report import arms_json, auto_summary, power_note, to_markdown, write_outputs
+    from archbench.ablate.runner import load_runs, pending, run_auto
+
+    if auto:
+        note_elsewhere(console, abl)
+        printer = RoundPrinter(console, auto, abl.conf)
+        counts = run_auto([abl], auto, lambda todo: run_with_progress(console, abl, todo, jobs), on_round=printer)[0]
+        console.print(printer.done(abl.out))
+        # the base arm has the most seeds: the table reads them all
+        abl = dataclasses.replace(abl, seeds=list(range(auto.start, auto.start + counts[abl.base.id])))
+    else:
+        todo = pending(abl)
+        total = len(abl.arms) * len(abl.seeds)
+        console.print(f"{len(todo)} of {total} runs to train ({total - len(todo)} already in {abl.out}/runs)")
+        note_elsewhere(console, abl)
+        run_with_progress(console, abl, todo, jobs)
     runs = load_runs(abl)
     table, files = write_outputs(abl, runs)
+    if not json_out:
+        console.print(to_markdown(table, abl.conf), markup=False, highlight=False)
+        console.print(power_note(abl.conf), markup=False, highlight=False)
+        console.print(f"wrote {', '.join(str(Path(f)) for f in files)}")
+    if auto:
+        for line in auto_summary(table, auto, counts, abl.conf):
+            console.print(line, markup=False, highlight=False)
     if json_out:
         print(arms_json(table))
-    else:
-        console.print(to_markdown(table, abl.conf), markup=False, highlight=False)
-        console.print(f"wrote {', '.join(str(Path(f)) for f in files)}")
     failed = int(table["failed"].sum())
     return 1 if failed else 0

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from archbench.cli.args import _device_name, add_train_args, device_problem
+from archbench.cli.ablate import add_auto_args
+from archbench.cli.args import _device_name, add_train_args, device_problem, recipe_from_args
 from archbench.cli.console import _console
 from archbench.errors import UsageError
 
@@ -29,7 +30,10 @@ def add_parser(sub, default_device: str) -> None:
     for a in s._actions:  # the profile decides these unless given
         if a.dest in ("dataset", "batch_size", "lr", "warmup"):
             a.default = None
-    s.add_argument("--seeds", type=int, help="seeds per arm (default: the profile's)")
+    s.add_argument("--seeds", metavar="N|auto",
+                   help="seeds per arm (default: the profile's), or auto: add seeds, one per round, to each arm whose "
+                        "paired interval is wider than --ci-width, from --min-seeds up to --max-seeds")
+    add_auto_args(s, min_default="the profile's seeds")
     s.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     s.add_argument("--jobs", type=int, help="runs at once (default: 1 on CPU, 12 on a GPU: small models leave it mostly idle)")
     s.add_argument("--device", type=_device_name,
@@ -37,6 +41,8 @@ def add_parser(sub, default_device: str) -> None:
                         "CPU: fp32) that trained most of the runs there")
     s.add_argument("--out", help="output folder (default: results/studies/shiftvit for the default profile, "
                                  "results/studies/shiftvit-<profile> for the others)")
+    s.add_argument("--init", help="weight-init scheme of every arm (default: ShiftViT's, as its official code); "
+                                  "archbench-0.1 is the init of the studies committed before 2026-11-25")
     s.add_argument("--dry-run", action="store_true", help="build and match the arms, train nothing")
     s.add_argument("--report-only", action="store_true",
                    help="train nothing: write the tables, plots and report from the runs already there")
@@ -46,12 +52,12 @@ def add_parser(sub, default_device: str) -> None:
 def cmd_study(args) -> int:
     import dataclasses
 
-    from archbench.cli.ablate import check_counts, note_elsewhere, print_plan, run_with_progress
+    from archbench.cli.ablate import (RoundPrinter, check_counts, note_elsewhere, print_plan, run_with_progress,
+                                      seeds_option)
     from archbench.ablate.plan import numerics
-    from archbench.ablate.runner import elsewhere, finished, load_runs, pending
+    from archbench.ablate.runner import AutoSeeds, elsewhere, finished, load_runs, missing, pending, run_auto, seed_counts
     from archbench.studies import shiftvit
     from archbench.train.data import load_dataset
-    from archbench.train.loop import Recipe
 
     if args.study not in STUDIES:
         raise UsageError(f"unknown study {args.study!r}; known: {', '.join(STUDIES)}")
@@ -69,16 +75,12 @@ def cmd_study(args) -> int:
         if problem:
             raise UsageError(problem)
     jobs = args.jobs or (12 if device.startswith("cuda") else 1)
-    seeds = args.seeds if args.seeds is not None else prof.seeds
-    check_counts(seeds, jobs)
+    seeds = seeds_option(args, min_default=prof.seeds)
+    auto = seeds if isinstance(seeds, AutoSeeds) else None
+    seeds = prof.seeds if seeds is None else seeds
+    check_counts(auto.min_seeds if auto else seeds, jobs)
     dataset = args.dataset or prof.dataset
-    rec = dict(prof.recipe)
-    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("warmup", "warmup_epochs")):
-        if getattr(args, flag) is not None:
-            rec[key] = getattr(args, flag)
-    recipe = Recipe(**{**rec, "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
-                       "clip_grad": args.clip_grad, "augment": not args.no_augment})
-    recipe.check()
+    recipe = recipe_from_args(args, base=prof.recipe)
     data = load_dataset(dataset, args.data_dir, args.download)
     cfg = {"name": dataset, "data_dir": args.data_dir, "download": args.download,
            "limit_train": args.limit_train if args.limit_train is not None else prof.limit_train,
@@ -90,9 +92,10 @@ def cmd_study(args) -> int:
     console = _console()
     t0 = time.perf_counter()
     with console.status("building the arms and matching budgets") as st:
-        secs = shiftvit.build(prof, dataset=cfg, recipe=recipe, seeds=list(range(seeds)), device=device,
+        secs = shiftvit.build(prof, dataset=cfg, recipe=recipe, seeds=auto.seeds if auto else list(range(seeds)),
+                              device=device,
                               out=out, command=command, sections=sections,
-                              on_arm=lambda a: st.update(f"building and matching: {a}"))
+                              on_arm=lambda a: st.update(f"building and matching: {a}"), init=args.init)
     if args.report_only and args.device is None:
         # report what is there: switch to the other numerics if most runs were trained under them
         other = "cpu" if device.startswith("cuda") else "cuda"
@@ -102,31 +105,55 @@ def cmd_study(args) -> int:
             secs = [dataclasses.replace(sec, ablation=dataclasses.replace(sec.ablation, device=device))
                     for sec in secs]
     for sec in secs:
-        print_plan(console, sec.ablation)
+        print_plan(console, sec.ablation, auto=auto)
     if args.dry_run:
         return 0
-    todo, seen, owner = [], set(), {}
-    for sec in secs:
-        for arm, seed in pending(sec.ablation):
-            key = (sec.ablation.run_key(arm), seed)
-            if key not in seen:
-                seen.add(key)
-                todo.append((arm, seed))
-                owner.setdefault(arm.key, sec.key)
-    total = len({(sec.ablation.run_key(a), s) for sec in secs for a in sec.ablation.arms for s in sec.ablation.seeds})
-    if args.report_only:
-        console.print(f"--report-only: {total - len(todo)} of {total} runs ({numerics(device)}) are there; "
-                      f"{len(todo)} left untrained")
-        todo = []
-    else:
-        console.print(f"{len(todo)} of {total} runs to train ({total - len(todo)} already in {out}/runs), {jobs} at a time "
-                      f"on {device} ({numerics(device)})")
-        note_elsewhere(console, *(sec.ablation for sec in secs))
     # the sections share one table; label each run by the first section that owns its arm
-    run_with_progress(console, dataclasses.replace(secs[0].ablation, name="shiftvit"), todo, jobs, sections=owner)
+    owner: dict[str, str] = {}
+    for sec in secs:
+        for arm in sec.ablation.arms:
+            owner.setdefault(arm.key, sec.key)
+    trainer = dataclasses.replace(secs[0].ablation, name="shiftvit")
+    abls = [sec.ablation for sec in secs]
+    counts = None
+    if auto:
+        if args.report_only:
+            counts = seed_counts(abls, auto)
+            console.print(f"--report-only: {len(missing(abls, counts, auto.start))} runs ({numerics(device)}) of the "
+                          "seeds the arms have started are missing; left untrained")
+        else:
+            console.print(f"training {jobs} at a time on {device} ({numerics(device)})")
+            note_elsewhere(console, *abls)
+            printer = RoundPrinter(console, auto, abls[0].conf)
+            counts = run_auto(abls, auto, lambda todo: run_with_progress(console, trainer, todo, jobs, sections=owner),
+                              on_round=printer)
+            console.print(printer.done(out))
+        # each section's base arm has the most seeds: its table reads them all
+        secs = [dataclasses.replace(sec, ablation=dataclasses.replace(
+            sec.ablation, seeds=list(range(auto.start, auto.start + c[sec.ablation.base.id]))))
+            for sec, c in zip(secs, counts)]
+    else:
+        todo, seen = [], set()
+        for abl in abls:
+            for arm, seed in pending(abl):
+                key = (abl.run_key(arm), seed)
+                if key not in seen:
+                    seen.add(key)
+                    todo.append((arm, seed))
+        total = len({(a.run_key(arm), s) for a in abls for arm in a.arms for s in a.seeds})
+        if args.report_only:
+            console.print(f"--report-only: {total - len(todo)} of {total} runs ({numerics(device)}) are there; "
+                          f"{len(todo)} left untrained")
+            todo = []
+        else:
+            console.print(f"{len(todo)} of {total} runs to train ({total - len(todo)} already in {out}/runs), {jobs} at "
+                          f"a time on {device} ({numerics(device)})")
+            note_elsewhere(console, *abls)
+        run_with_progress(console, trainer, todo, jobs, sections=owner)
     from archbench.studies.report import write_study
 
     files = write_study(secs, {s.key: load_runs(s.ablation) for s in secs}, Path(out), prof, recipe,
-                        elapsed=time.perf_counter() - t0)
+                        elapsed=time.perf_counter() - t0, auto=auto,
+                        counts=None if counts is None else {sec.key: c for sec, c in zip(secs, counts)})
     console.print(f"wrote {Path(out) / 'report.md'} and {len(files) - 1} tables/plots")
     return 0

@@ -84,10 +84,11 @@ class Section:
 
 def build(profile: Profile, *, dataset: dict[str, Any], recipe: Recipe, seeds: list[int], device: str,
           out: str, command: str, sections: tuple[str, ...] = ("mixer", "gamma", "mlp_ratio", "components"),
-          on_arm=None) -> list[Section]:
-    """The study's sections as ablations sharing one runs table under ``out``."""
+          on_arm=None, init: str | None = None) -> list[Section]:
+    """The study's sections as ablations sharing one runs table under ``out``. ``init``: the
+    weight-init scheme of every arm (None: the pyramid's family's, ShiftViT's)."""
     base = {**profile.base, "img_size": profile.img_size, "num_classes": dataset["num_classes"],
-            "in_chans": dataset["in_chans"]}
+            "in_chans": dataset["in_chans"], **({"init": init} if init else {})}
     data = {k: v for k, v in dataset.items() if k not in ("num_classes", "in_chans")}
 
     def ablation(name: str, arms: list[Arm]) -> Ablation:
