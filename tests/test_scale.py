@@ -180,3 +180,24 @@ def test_randaugment_posterize_to_zero_bits_is_black():
     out = aa.NAME_TO_OP["PosterizeIncreasing"](img, 0)
     assert np.asarray(out).max() == 0
     assert np.asarray(aa.NAME_TO_OP["PosterizeIncreasing"](img, 4)).max() == 192  # 200 & 0b11110000
+
+
+def test_ablation_runs_as_torchrun_jobs_with_checkpoints(tmp_path, capsys):
+    # --nproc-per-run 2: each run a 2-process gloo job; one checkpoint folder per (arm, seed)
+    out, ckpt = tmp_path / "abl", tmp_path / "ck"
+    args = ["ablate", *TINY, "--img-size", "16", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+            "--vary", "mixer=shift,none", "--seeds", "1", "--nproc-per-run", "2", "--checkpoint-dir", str(ckpt),
+            "--out", str(out), "--json"]
+    assert main(args) == 0
+    runs = read_table(out / "runs")
+    assert len(runs) == 2 and set(runs["world_size"]) == {2} and set(runs["status"]) == {"ok"}
+    assert sorted(p.name.rsplit("-seed", 1)[1] for p in ckpt.iterdir()) == ["0", "0"]
+    assert all((p / "row.json").exists() for p in ckpt.iterdir())
+    capsys.readouterr()
+    assert main(args) == 0 and "0 of 2 runs to train" in capsys.readouterr().out
+
+
+def test_nproc_per_run_must_split_the_batch(capsys):
+    assert main(["ablate", *TINY, "--img-size", "16", "--vary", "mixer=shift,none", "--batch-size", "63",
+                 "--nproc-per-run", "2", "--dry-run"]) == 2
+    assert "divisible by the world size 2" in capsys.readouterr().err

@@ -238,3 +238,32 @@ def test_best_top1_at_an_epoch_reads_finished_trials_only():
     running = s.ask()
     running.set_user_attr("history", [{"epoch": 2, "top1": 99.0}])
     assert st._best_top1_at(s, 2) == 90.0  # a running trial is not a reference yet
+
+
+def test_trials_keep_checkpoints_per_configuration(tmp_path, capsys):
+    # --checkpoint-dir: one folder per trained configuration (a retried trial resumes there;
+    # a configuration sampled again returns its finished row instead of training again)
+    ckpt = tmp_path / "ck"
+    argv = ["search", str(SPACES / "tiny.yaml"), "--trials", "4", "--results-dir", str(tmp_path), "--json",
+            "--checkpoint-dir", str(ckpt)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    # every configuration that started training (finished or pruned), over-budget ones never do
+    trained = {t.user_attrs["spec"] for t in _study_trials(tmp_path)
+               if "spec" in t.user_attrs and t.user_attrs.get("trained", True)}
+    folders = sorted(p for p in ckpt.iterdir())
+    assert len(folders) == len(trained) >= 1
+    assert all((f / "row.json").exists() or (f / "last.pt").exists() for f in folders)
+
+
+def test_a_recipe_preset_in_a_space(tmp_path, capsys):
+    path = _space(tmp_path, """
+        name: preset
+        base: {mixer: shift, ffn: mlp, dims: 16, depths: 1, img_size: 8}
+        params: {mixer: {choices: [shift, none]}}
+        objectives: [top1]
+        dataset: {name: digits, limit_train: 200, limit_test: 100}
+        recipe: {name: nope}
+    """)
+    assert main(["search", str(path), "--trials", "1", "--results-dir", str(tmp_path)]) == 2
+    assert "recipe: unknown recipe 'nope'; known: small, deit, shiftvit" in capsys.readouterr().err

@@ -154,3 +154,11 @@ def test_overrides_that_cannot_apply_are_refused():
         create_model("shiftvit_tiny", img_size=40)
     with pytest.raises(ValueError, match="unknown override 'colour'"):
         create_model("deit_tiny", colour="red")
+
+
+def test_mixer_options_override_every_stage_of_a_zoo_spec():
+    # a mixer option put into a zoo spec reaches all four stages (it used to be consumed by the first)
+    from archbench.models import get_entry, override_spec
+
+    spec = override_spec(get_entry("shiftvit_tiny_light").make(), mixer_options={"ratio": 1 / 24})
+    assert [st.mixer_options.as_dict()["ratio"] for st in spec.stages] == [1 / 24] * 4

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from archbench.ablate.budget import BudgetError, Cost, Match, match_budget, measure, shape
@@ -33,6 +34,20 @@ class Arm:
         return hashlib.sha1(json.dumps(canonical_spec(self.spec), sort_keys=True).encode()).hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How an ablation's runs are executed — where the images live, checkpoints, processes per
+    run. Not part of a run's identity, except that a data-parallel run (``nproc_per_run`` > 1)
+    is another run than a one-process one (per-rank batch norm statistics differ)."""
+
+    inputs: dict[str, Any] = field(default_factory=dict)  # archbench.train.inputs.Inputs fields
+    checkpoints: str | None = None  # root folder: one sub-folder per (arm, seed)
+    nproc_per_run: int = 1  # > 1: each run is a torchrun job of this many processes
+
+    def checkpoint_dir(self, run_key: str, seed: int) -> str | None:
+        return None if self.checkpoints is None else str(Path(self.checkpoints) / f"{run_key}-seed{seed}")
+
+
 @dataclass
 class Ablation:
     """Arms × seeds, trained with one recipe on one dataset; rows under ``out``/runs."""
@@ -46,6 +61,7 @@ class Ablation:
     out: str = "results/ablations/ablation"
     conf: float = 0.95
     command: str = ""
+    execution: Execution = field(default_factory=Execution)
 
     @property
     def base(self) -> Arm:
@@ -64,6 +80,8 @@ class Ablation:
         if init != LEGACY_INIT:
             # runs trained with archbench 0.1's init keep their keys (and pair only with each other)
             ident["init"] = init
+        if self.execution.nproc_per_run > 1:
+            ident["world_size"] = self.execution.nproc_per_run
         if self.numerics != GPU_NUMERICS:
             # GPU keys leave the field out: they were made before numerics joined the key, and
             # committed GPU runs must stay resumable

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -85,27 +85,54 @@ def _label_row(abl: Ablation, arm: Arm, seed: int, row: dict[str, Any], section:
     return row
 
 
-def _run(spec, dataset: dict[str, Any], recipe, seed: int, device: str, callback=None) -> dict[str, Any]:
-    """One (arm, seed) run: the ablation's dataset dict spelled out for ``run_experiment``."""
-    from archbench.train.run import run_experiment
-
-    return run_experiment(spec, dataset=dataset["name"], data_dir=dataset.get("data_dir"),
-                          download=dataset.get("download", False), recipe=recipe, seed=seed, device=device,
-                          callback=callback, limit_train=dataset.get("limit_train"),
-                          limit_test=dataset.get("limit_test"))
+def _payload(abl: Ablation, arm: Arm, seed: int, device: str, threads: int | None = None) -> dict[str, Any]:
+    """One (arm, seed) run as ``archbench.train.job`` takes it."""
+    ex = abl.execution
+    return {"spec": arm.spec.to_json(), "recipe": abl.recipe.as_dict(), "seed": seed, "dataset": abl.dataset,
+            "device": device, "threads": threads, "inputs": ex.inputs,
+            "checkpoint_dir": ex.checkpoint_dir(abl.run_key(arm), seed)}
 
 
 def _train_one(payload: dict[str, Any]) -> dict[str, Any]:
     """Worker: one run (module-level so that a process pool can pickle it)."""
+    from archbench.train.job import run_payload
+
+    return run_payload(payload)
+
+
+def _torchrun_one(payload: dict[str, Any], nproc: int, gpus: list[int] | None) -> dict[str, Any]:
+    """One run as a torchrun job of ``nproc`` processes (on ``gpus``, when on CUDA); its row,
+    or a failed row carrying the end of the job's output."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="archbench-job-") as tmp:
+        src, dst = Path(tmp) / "payload.json", Path(tmp) / "row.json"
+        src.write_text(json.dumps(payload))
+        env = {**os.environ, "OMP_NUM_THREADS": str(payload.get("threads") or 1)}
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "archbench.train.job", str(src), str(dst)]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if dst.exists():
+            return json.loads(dst.read_text())
+        lines = (res.stderr or res.stdout).strip().splitlines()
+        # the workers' own last error line says why; torchrun's summary after it does not
+        why = [ln for ln in lines if "Error" in ln or "error:" in ln] or lines[-3:]
+        return {"status": "failed", "error": f"torchrun job exited {res.returncode}: {why[-1].strip()}"[:500],
+                "top1": None, "wall_seconds": 0.0, "world_size": nproc}
+
+
+def _gpu_groups(device: str, nproc: int, jobs: int) -> list[list[int] | None]:
+    """The GPUs of each of ``jobs`` concurrent torchrun jobs (None off CUDA)."""
+    if not device.startswith("cuda"):
+        return [None] * jobs
     import torch
 
-    from archbench.spec import ArchSpec
-    from archbench.train.loop import Recipe
-
-    if payload.get("threads"):
-        torch.set_num_threads(payload["threads"])
-    return _run(ArchSpec.from_json(payload["spec"]), payload["dataset"], Recipe(**payload["recipe"]),
-                payload["seed"], payload["device"])
+    n = max(1, torch.cuda.device_count())
+    return [[(j * nproc + k) % n for k in range(nproc)] for j in range(jobs)]
 
 
 def run_jobs(abl: Ablation, todo: Iterable[tuple[Arm, int]], *, jobs: int = 1,
@@ -125,10 +152,27 @@ def run_jobs(abl: Ablation, todo: Iterable[tuple[Arm, int]], *, jobs: int = 1,
         if on_done:
             on_done(row)
 
+    nproc = abl.execution.nproc_per_run
+    if nproc > 1:  # every run a torchrun job; `jobs` of them at once
+        from concurrent.futures import ThreadPoolExecutor
+
+        groups = _gpu_groups(abl.device, nproc, jobs)
+        threads = max(1, (os.cpu_count() or 1) // (jobs * nproc))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_torchrun_one, _payload(abl, arm, seed, "cuda" if groups[i % jobs] else
+                                                           abl.device, threads), nproc, groups[i % jobs]):
+                       (arm, seed) for i, (arm, seed) in enumerate(todo)}
+            for f in as_completed(futures):
+                arm, seed = futures[f]
+                record(arm, seed, f.result())
+        return rows
+
     if jobs <= 1:
+        from archbench.train.job import run_payload
+
         for arm, seed in todo:
             cb = (lambda e, m, arm=arm, seed=seed: on_epoch(arm, seed, e, m)) if on_epoch else None
-            record(arm, seed, _run(arm.spec, abl.dataset, abl.recipe, seed, abl.device, cb))
+            record(arm, seed, run_payload(_payload(abl, arm, seed, abl.device), callback=cb))
         return rows
 
     import multiprocessing as mp
@@ -138,9 +182,7 @@ def run_jobs(abl: Ablation, todo: Iterable[tuple[Arm, int]], *, jobs: int = 1,
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {}
         for i, (arm, seed) in enumerate(todo):
-            payload = {"spec": arm.spec.to_json(), "recipe": abl.recipe.as_dict(), "seed": seed,
-                       "dataset": abl.dataset, "device": devices[i % len(devices)], "threads": threads}
-            futures[pool.submit(_train_one, payload)] = (arm, seed)
+            futures[pool.submit(_train_one, _payload(abl, arm, seed, devices[i % len(devices)], threads))] = (arm, seed)
         try:
             while futures:
                 done, _ = wait(futures, return_when=FIRST_COMPLETED)

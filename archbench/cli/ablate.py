@@ -10,8 +10,8 @@ from typing import Any
 from archbench.ablate.budget import ADJUST, METRICS
 from archbench.ablate.plan import DESIGNS, GPU_NUMERICS, Ablation, Arm
 from archbench.ablate.runner import AutoSeeds
-from archbench.cli.args import (_device, add_model_args, add_train_args, data_into_args, recipe_from_args,
-                                shorthand_from_args, spec_from_args)
+from archbench.cli.args import (_device, add_model_args, add_parallel_args, add_train_args, data_into_args,
+                                execution_from_args, recipe_from_args, shorthand_from_args, spec_from_args)
 from archbench.cli.console import _console
 from archbench.errors import UsageError
 
@@ -23,6 +23,7 @@ def add_parser(sub, default_device: str) -> None:
                                    "difference to the base arm (the first value of every factor) with a t-interval.")
     add_model_args(a)
     add_train_args(a)
+    add_parallel_args(a)
     a.add_argument("--vary", action="append", required=True, metavar="NAME=V1,V2,...",
                    help="a factor and its values, first = base, e.g. mixer=msa,shift,none or shift_ratio=1/12,1/6; "
                         "repeat for more factors")
@@ -119,10 +120,11 @@ def cmd_ablate(args) -> int:
         raise UsageError(f"the model takes {spec0.in_chans} channels / {spec0.num_classes} classes but {data.name} "
                          f"has {data.in_chans} / {data.num_classes}; set --in-chans / --num-classes")
     seed_list = auto.seeds if auto else list(range(args.seed_start, args.seed_start + seeds))
+    execution = execution_from_args(args, recipe.batch_size)
     abl = Ablation(name=name, arms=arms, seeds=seed_list,
                    recipe=recipe, dataset=dataset_cfg(args), device=args.device,
                    out=args.out or f"results/ablations/{name}", conf=args.conf,
-                   command="archbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                   command="archbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]), execution=execution)
     print_plan(console, abl, auto=auto)
     if args.dry_run:
         return 0

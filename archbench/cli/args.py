@@ -274,6 +274,31 @@ def check_writable(folder: Path, flag: str) -> None:
         raise UsageError(f"{flag}: cannot write to {str(folder)!r}: {e.strerror}") from None
 
 
+def add_parallel_args(p: argparse.ArgumentParser) -> None:
+    """How the runs of ablate and study are executed (with --jobs, --cache, --checkpoint-dir)."""
+    p.add_argument("--nproc-per-run", type=int, default=1,
+                   help="train each run as a torchrun job of N processes (data-parallel: N GPUs per run on "
+                        "CUDA, N gloo processes on a CPU); --jobs of them at once")
+
+
+def execution_from_args(args, batch_size: int):
+    """The ablation's :class:`~archbench.ablate.plan.Execution` from the flags (checked, also that
+    the recipe's global batch splits over --nproc-per-run ranks)."""
+    from dataclasses import asdict
+
+    from archbench.ablate.plan import Execution
+    from archbench.train.batches import per_rank
+    from archbench.train.dist import Dist
+
+    if args.nproc_per_run < 1:
+        raise UsageError(f"--nproc-per-run must be >= 1, got {args.nproc_per_run}")
+    per_rank(batch_size, Dist(world_size=args.nproc_per_run))
+    if args.checkpoint_dir:
+        check_writable(Path(args.checkpoint_dir), "--checkpoint-dir")
+    return Execution(inputs=asdict(inputs_from_args(args)), checkpoints=args.checkpoint_dir,
+                     nproc_per_run=args.nproc_per_run)
+
+
 def inputs_from_args(args):
     """How the run reads its images (--cache, --cache-gb, --workers)."""
     from archbench.train.inputs import Inputs

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from archbench.cli.args import _device
+from archbench.cli.args import _device, check_writable
 from archbench.cli.console import _console, _fmt
 from archbench.errors import UsageError
 
@@ -13,6 +13,8 @@ def add_parser(sub, default_device: str) -> None:
     se = sub.add_parser("search", help="an Optuna study over a search space (resumable)")
     se.add_argument("space", type=Path, help="search-space YAML (see search_spaces/README.md)")
     se.add_argument("--trials", type=int, default=20, help="finished trials the study should have")
+    se.add_argument("--checkpoint-dir", help="each configuration's run keeps its checkpoint here (one folder "
+                                             "per configuration): a trial killed mid-run and retried resumes")
     se.add_argument("--storage", help="Optuna storage URL (default: sqlite under results/search/)")
     se.add_argument("--study", help="study name (default: the space's name)")
     se.add_argument("--workers", type=int, default=1, help="processes sharing the storage")
@@ -39,7 +41,7 @@ def add_parser(sub, default_device: str) -> None:
 
 
 def _search_worker(space_path: str, storage: str, study_name: str, total: int, remaining: int, timeout,
-                   device: str) -> None:
+                   device: str, checkpoints: str | None = None) -> None:
     import optuna
 
     from archbench.search.space import load_space
@@ -48,7 +50,7 @@ def _search_worker(space_path: str, storage: str, study_name: str, total: int, r
     space = load_space(space_path)
     study = open_study(space, storage, study_name)
     # n_trials bounds this worker; the callback stops it once the study as a whole has enough
-    study.optimize(make_objective(space, device=device), n_trials=remaining, timeout=timeout, catch=(RuntimeError,),
+    study.optimize(make_objective(space, device=device, checkpoints=checkpoints), n_trials=remaining, timeout=timeout, catch=(RuntimeError,),
                    callbacks=[optuna.study.MaxTrialsCallback(
                        total, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))])
 
@@ -83,6 +85,8 @@ def cmd_search(args) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     _check_budget(space)
+    if args.checkpoint_dir:
+        check_writable(Path(args.checkpoint_dir), "--checkpoint-dir")
     storage = args.storage or default_storage(space, args.results_dir)
     name = args.study or space.name
     study = open_study(space, storage, name)  # fails cleanly on a bad URL, before any worker starts
@@ -93,7 +97,8 @@ def cmd_search(args) -> int:
     # one worker per GPU when there are several: worker i trains on cuda:i (mod the count)
     devices = [f"cuda:{i % gpus}" if gpus > 1 else args.device for i in range(args.workers)]
     procs = [mp.get_context("spawn").Process(
-        target=_search_worker, args=(str(args.space), storage, name, args.trials, remaining, args.timeout, dev))
+        target=_search_worker, args=(str(args.space), storage, name, args.trials, remaining, args.timeout, dev,
+                                  args.checkpoint_dir))
         for dev in (devices if remaining > 0 else [])]
     for p in procs:
         p.start()

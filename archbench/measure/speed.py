@@ -86,7 +86,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _times(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
+def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones, synchronised."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -143,8 +144,8 @@ def _measure(model, input_size, batch_size, device, dtype, channels_last, compil
         torch.cuda.reset_peak_memory_stats(device)
     model.eval()
     with PeakRSS() as rss, torch.inference_mode(), autocast:
-        t = _times(lambda: run(x), device, warmup, repeats)
-        lat = _times(lambda: run(x1), device, warmup, max(repeats * 2, 10))
+        t = time_calls(lambda: run(x), device, warmup, repeats)
+        lat = time_calls(lambda: run(x1), device, warmup, max(repeats * 2, 10))
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak - rss.baseline) / 2 ** 20
     train_tp = None
     if train:
@@ -158,7 +159,7 @@ def _measure(model, input_size, batch_size, device, dtype, channels_last, compil
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        tt = _times(step, device, max(1, warmup // 2), max(3, repeats // 2))
+        tt = time_calls(step, device, max(1, warmup // 2), max(3, repeats // 2))
         train_tp = batch_size / statistics.median(tt)
         model.eval()
     lat_sorted = sorted(lat)

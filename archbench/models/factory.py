@@ -82,8 +82,9 @@ def override_spec(spec: ArchSpec, **overrides: Any) -> ArchSpec:
                 st[key] = v
     for key in ("mixer_options", "ffn_options"):
         if key in ov:
+            opts = ov.pop(key)  # the same options for every stage
             for st in stages:
-                st[key] = {**st[key], **ov.pop(key)}
+                st[key] = {**st[key], **opts}
     if "patch_size" in ov:
         p = ov.pop("patch_size")
         if spec.macro == "two-branch":

@@ -185,18 +185,39 @@ def parse_space(data: Any, src: str = "<space>", default_name: str = "study") ->
 def check_base(space: SearchSpace) -> None:
     """The base must make a valid spec on its own (each sampled spec is checked again)."""
     from archbench.builder import make_spec
-    from archbench.train.loop import Recipe
 
     try:
         make_spec(**space.base)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{space.source}: base: {e}") from None
     try:
-        Recipe(**space.recipe).check()
-    except TypeError as e:
-        raise ValueError(f"{space.source}: recipe: {e}") from None
+        space_recipe(space)
+        space_inputs(space)
     except ValueError as e:
-        raise ValueError(f"{space.source}: recipe: {e}") from None
+        raise ValueError(f"{space.source}: {e}") from None
+
+
+def space_recipe(space: SearchSpace):
+    """The trials' recipe: the preset ``recipe.name`` (default small) with the other fields put in."""
+    from archbench.train.recipe import recipe
+
+    fields = dict(space.recipe)
+    try:
+        return recipe(fields.pop("name", "small"), **fields)
+    except ValueError as e:
+        raise ValueError(f"recipe: {e}") from None
+
+
+def space_inputs(space: SearchSpace):
+    """How the trials read images: ``dataset`` keys cache, cache_gb, workers (image folders)."""
+    from archbench.train.inputs import Inputs
+
+    inputs = Inputs(**{k: space.dataset[k] for k in ("cache", "cache_gb", "workers") if k in space.dataset})
+    try:
+        inputs.check()
+    except ValueError as e:
+        raise ValueError(f"dataset: {e}") from None
+    return inputs
 
 
 STAGE_FIELD = {"depths": "depth", "dims": "dim", "heads": "heads", "mlp_ratio": "mlp_ratio", "mixer": "mixer",

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import optuna
 
-from archbench.search.space import SearchSpace, apply
+from archbench.search.space import SearchSpace, apply, space_inputs, space_recipe
 
 # Optuna has no pruner for several objectives. Our early stop for them: from epoch
 # HOPELESS_AFTER on, a trial whose top-1 is more than HOPELESS_MARGIN points below the best
@@ -153,15 +154,16 @@ def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-def make_objective(space: SearchSpace, *, device: str = "cpu",
-                   on_trial: Callable[[int, str], None] | None = None) -> Callable[[optuna.Trial], Any]:
+def make_objective(space: SearchSpace, *, device: str = "cpu", on_trial: Callable[[int, str], None] | None = None,
+                   checkpoints: str | None = None) -> Callable[[optuna.Trial], Any]:
+    """The trial function. ``checkpoints``: a root folder where each configuration's run keeps
+    its checkpoint, so a trial killed mid-run and retried resumes instead of starting over."""
     import torch
 
     from archbench.builder import build_model, make_spec
     from archbench.measure import count_macs, count_params
     from archbench.measure.speed import PeakRSS
     from archbench.train.data import load_dataset
-    from archbench.train.loop import Recipe
     from archbench.train.run import DATASET_IMG_SIZE, run_experiment
 
     ds = space.dataset
@@ -172,7 +174,8 @@ def make_objective(space: SearchSpace, *, device: str = "cpu",
     base.setdefault("num_classes", data.num_classes)
     space = SearchSpace(**{**space.__dict__, "base": base})
     base_spec = make_spec(**base)
-    recipe = Recipe(**space.recipe)
+    recipe, inputs = space_recipe(space), space_inputs(space)
+    seed = space.sampler.get("seed", 0)
     cons = space.constraints
 
     def objective(trial: optuna.Trial):
@@ -233,9 +236,12 @@ def make_objective(space: SearchSpace, *, device: str = "cpu",
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         with PeakRSS() as rss:  # training's peak memory: CUDA max allocated, or CPU RSS growth
+            ckpt = None
+            if checkpoints:  # one folder per configuration: a retried trial of it resumes there
+                ckpt = str(Path(checkpoints) / hashlib.sha1(spec.to_json(sort_keys=True).encode()).hexdigest()[:16])
             row = run_experiment(spec, dataset=ds["name"], data_dir=ds.get("data_dir"), recipe=recipe,
-                                 seed=space.sampler.get("seed", 0), device=device, callback=report,
-                                 limit_train=ds.get("limit_train"), limit_test=ds.get("limit_test"))
+                                 seed=seed, device=device, callback=report, limit_train=ds.get("limit_train"),
+                                 limit_test=ds.get("limit_test"), inputs=inputs, checkpoint_dir=ckpt)
         peak = torch.cuda.max_memory_allocated(device) if cuda else rss.peak - rss.baseline
         trial.set_user_attr("peak_mem_mb", peak / 2 ** 20)
         trial.set_user_attr("trained", True)

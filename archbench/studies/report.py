@@ -177,8 +177,11 @@ def write_study(secs, runs_by_section: dict[str, pd.DataFrame], out: Path, profi
     parts += [
         "## What this does and does not show",
         "",
-        "- A proxy: a ~1-10 M-parameter pyramid on 32x32 images, trained briefly, not Swin-T/ShiftViT-T on "
-        "ImageNet for 300 epochs; rankings at this scale need not transfer.",
+        ("- At the paper's resolution and model size (224 px, ShiftViT-T/light's pyramid), but matched to global "
+         "attention's budget (see the caveats), so not the paper's Swin-T comparison."
+         if profile.img_size >= 224 else
+         "- A proxy: a ~1-10 M-parameter pyramid on 32x32 images, trained briefly, not Swin-T/ShiftViT-T on "
+         "ImageNet for 300 epochs; rankings at this scale need not transfer."),
         "- `msa` here is global attention, not Swin's shifted windows (on grids of 16x16 tokens or fewer a 7x7 "
         "window covers most of the map); `cross-attn` is archbench's single-branch cross-scale attention, not CrossViT's two-branch model.",
         "- Budgets are matched in fvcore GMACs, not wall-clock: deeper zero-FLOP arms are slower per image "

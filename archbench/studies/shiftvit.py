@@ -1,10 +1,12 @@
 """ShiftViT's "attention isn't the key" study (Wang et al., AAAI 2022) as four paired,
-budget-matched ablations on a small ShiftViT-like pyramid:
+budget-matched ablations on a ShiftViT-like pyramid, at a scale a profile sets (small images on
+a CPU up to ``imagenet``: ShiftViT-T/light's pyramid at 224 px with the paper's recipe):
 
 1. ``mixer``: the token mixer at matched GMACs, depth adjusted (the paper's move: the budget
    a zero-FLOP shift saves is spent on more blocks). ``msa`` is the attention baseline (global
-   attention: at these grid sizes a Swin window would cover the whole map); ``none`` asks
-   whether any spatial mixing is needed.
+   attention: at the small profiles' grid sizes a Swin window would cover the whole map; at
+   224 px it costs more than Swin's windows, see the imagenet profile's caveats); ``none``
+   asks whether any spatial mixing is needed.
 2. ``gamma``: the shifted-channel ratio γ (per direction) of the matched shift model.
 3. ``mlp_ratio``: MLP ratio against depth at the same GMACs.
 4. ``components``: norm (GroupNorm(1), the official "LN", vs BatchNorm) and activation
@@ -20,6 +22,13 @@ from typing import Any
 from archbench.ablate.factors import Factor, apply_changes, parse_vary
 from archbench.ablate.plan import Ablation, Arm, make_arms
 from archbench.train.loop import Recipe
+from archbench.train.recipe import PRESETS
+
+
+MIXERS = "msa,shift,none,dmixer,outlook,cross-attn"
+GAMMAS = "1/12,1/24,1/6"  # per direction; 1/12 is the official n_div=12 (1/3 of the channels move)
+MLP_RATIOS = "4,2,1"
+TOL = 0.05
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,30 @@ class Profile:
     limit_test: int | None = None
     about: str = ""
     caveats: tuple[str, ...] = ()  # what this scale cannot show, for the report
+    recipe_preset: str = "small"  # the train.recipe preset ``recipe`` changes
+    mlp_ratios: str = MLP_RATIOS
+    gpu_jobs: int = 12  # runs at once on a GPU machine; 0: one per GPU (per --nproc-per-run GPUs)
+
+
+def _zoo_pyramid(name: str, **shorthand: Any) -> dict[str, Any]:
+    """The shorthand (``make_spec`` keywords) of a zoo pyramid, its numbers read from the zoo,
+    with ``shorthand`` added (e.g. the heads its attention arms use)."""
+    from archbench.models.factory import get_entry
+
+    spec = get_entry(name).make()
+    st = spec.stages
+    return dict(macro=spec.macro, dims=tuple(s.dim for s in st), depths=tuple(s.depth for s in st),
+                mlp_ratio=tuple(s.mlp_ratio for s in st), patch_size=spec.stem.patch_size, norm=spec.norm,
+                drop_path=spec.drop_path, options=spec.options.as_dict(), **shorthand)
+
+
+def _dashed(xs) -> str:
+    return "-".join(f"{x:g}" for x in xs)
+
+
+# ShiftViT-T/light (zoo shiftvit_tiny_light; its γ is the shift's default 1/12); the attention
+# arms get Swin-T's heads, 3-6-12-24 (head width 32; microsoft/Swin-Transformer swin_tiny config)
+_IMAGENET = _zoo_pyramid("shiftvit_tiny_light", heads=(3, 6, 12, 24))
 
 
 PROFILES = {
@@ -65,12 +98,44 @@ PROFILES = {
                             "profile).",
                             "20k training images and 8 epochs: accuracies sit far below convergence, and an arm that "
                             "learns faster early is favoured.")),
+    # an ImageNet-format folder at 224 px, the paper's scale: sized for a multi-GPU machine (one run per GPU,
+    # or per --nproc-per-run GPUs); `--dry-run` prints the device-hours it would take
+    "imagenet": Profile("imagenet", "imagefolder", 224, _IMAGENET, seeds=1, recipe=dict(), recipe_preset="shiftvit",
+                        mlp_ratios="4,2", gpu_jobs=0,
+                        about="an ImageNet-format folder (train/ and val/) at 224x224: ShiftViT-T/light's pyramid "
+                              f"(the zoo's shiftvit_tiny_light: dims {_dashed(_IMAGENET['dims'])}, depths "
+                              f"{_dashed(_IMAGENET['depths'])}, patch {_IMAGENET['patch_size']}, MLP ratio "
+                              f"{_IMAGENET['mlp_ratio'][0]:g}, γ 1/12), Swin-T's heads "
+                              f"{_dashed(_IMAGENET['heads'])} in the attention arms, the shiftvit recipe (Swin's "
+                              f"settings: {PRESETS['shiftvit'].epochs} epochs at a global batch of "
+                              f"{PRESETS['shiftvit'].batch_size}), 1 seed; sized for a multi-GPU machine "
+                              "(`--dry-run` estimates the device-hours)",
+                        caveats=("`msa` is global attention, not Swin-T's 7x7 shifted windows: on the 56x56 tokens "
+                                 "of stage 1 it costs about twice Swin-T's 4.5 GMACs at depths 2-2-6-2, and every "
+                                 "arm is matched to that budget, so the matched shift model is about three times as "
+                                 "deep as ShiftViT-T/light (see the budget column); ShiftViT-T/light itself is the "
+                                 "shift arm before matching.",
+                                 "MLP ratios 4 and 2 only (the official r4/r2 pair): at ratio 1 the matched depth "
+                                 "falls outside the matcher's range.",
+                                 "One seed per arm, as the papers train: each Δ is one paired difference, with no "
+                                 "interval; `--seeds N` gives intervals at N times the cost.",
+                                 f"The recipe's global batch of {PRESETS['shiftvit'].batch_size} is Swin's 8 GPUs x "
+                                 "128: give each run 8 GPUs "
+                                 "(`--nproc-per-run 8`) or a smaller `--batch-size` (the learning rate scales with "
+                                 "it).")),
 }
 
-MIXERS = "msa,shift,none,dmixer,outlook,cross-attn"
-GAMMAS = "1/12,1/24,1/6"  # per direction; 1/12 is the official n_div=12 (1/3 of the channels move)
-MLP_RATIOS = "4,2,1"
-TOL = 0.05
+
+def default_jobs(profile: Profile, device: str, nproc_per_run: int = 1) -> int:
+    """Runs at once: 1 on a CPU; on a GPU machine the profile's number, or (0) one run per GPU
+    (per ``nproc_per_run`` GPUs)."""
+    if not str(device).startswith("cuda"):
+        return 1
+    if profile.gpu_jobs:
+        return profile.gpu_jobs
+    import torch
+
+    return max(1, torch.cuda.device_count() // max(1, nproc_per_run))
 
 
 @dataclass
@@ -111,7 +176,7 @@ def build(profile: Profile, *, dataset: dict[str, Any], recipe: Recipe, seeds: l
                                     "How many channels should move?",
                                     ablation("gamma", make_arms(shift_base, f, on_arm=on_arm)), f))
     if "mlp_ratio" in sections:
-        f = [parse_vary(f"mlp_ratio={MLP_RATIOS}")]
+        f = [parse_vary(f"mlp_ratio={profile.mlp_ratios}")]
         out_sections.append(Section("mlp_ratio", "MLP ratio vs depth at matched GMACs",
                                     "At a fixed budget, wide FFNs or more blocks?",
                                     ablation("mlp_ratio", make_arms(shift_base, f, match="gmacs", adjust="depth",

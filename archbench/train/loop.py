@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archbench.train.batches import augment, crop_pad, draw_offsets  # noqa: F401 - re-exported
+from archbench.train.batches import augment  # noqa: F401 - re-exported (tests, callers of 0.1)
 from archbench.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from archbench.train.dist import Dist
 from archbench.train.recipe import Recipe
@@ -84,6 +84,18 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def update(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, *, clip_grad: float = 0.0,
+           ema=None, step: int | None = None) -> None:
+    """One optimiser update from ``loss``: backward, clip the global grad norm, step, EMA."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    opt.step()
+    if ema is not None:
+        ema.update(model, step=step)
+
+
 class Schedule:
     """The learning rate per optimiser step. ``step-cosine`` (small recipe): linear warm-up from
     lr/warm to lr, cosine to 0. Otherwise timm's cosine scheduler with warm-up from
@@ -101,9 +113,7 @@ class Schedule:
                                           warmup_t=self.warm, warmup_lr_init=recipe.scaled(recipe.warmup_lr),
                                           t_in_epochs=False)
 
-    def lr_at(self, step: int) -> float:
-        if self.timm is not None:
-            return self.timm._get_lr(step)[0]
+    def _small(self, step: int) -> float:
         peak = self.recipe.peak_lr
         if step < self.warm:
             return peak * (step + 1) / self.warm
@@ -111,9 +121,18 @@ class Schedule:
         return peak * 0.5 * (1 + math.cos(math.pi * t))
 
     def set(self, step: int) -> None:
-        lr = self.lr_at(step)
+        """Put the lr of optimiser step ``step`` into the optimiser."""
+        if self.timm is not None:
+            self.timm.step_update(step)
+            return
+        lr = self._small(step)
         for g in self.opt.param_groups:
             g["lr"] = lr
+
+    @property
+    def lr(self) -> float:
+        """The lr the last step used."""
+        return self.opt.param_groups[0]["lr"]
 
 
 def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: int = 0,
@@ -193,13 +212,7 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
                 pending_loss = []
                 if on_step:
                     on_step(epoch, i, float(recent[-1]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-            opt.step()
-            if ema is not None:
-                ema.update(model, step=step)
+            update(model, opt, loss, clip_grad=recipe.clip_grad, ema=ema, step=step)
             step += 1
             loss_sum += loss.detach() * len(yb)
             seen += len(yb)
@@ -210,7 +223,7 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
         hist.train_seconds += seconds
         hist.train_images += int(seen_total)
         metrics = {"epoch": epoch + 1, "loss": loss_total / seen_total, "train_throughput": seen_total / seconds,
-                   "epoch_seconds": seconds, "lr": sched.lr_at(step - 1),
+                   "epoch_seconds": seconds, "lr": sched.lr,
                    **evaluate(model, batches, device=device, num_classes=num_classes, autocast=use_amp, ctx=ctx)}
         if ema is not None:
             ema_m = evaluate(ema.module, batches, device=device, num_classes=num_classes, autocast=use_amp, ctx=ctx)
