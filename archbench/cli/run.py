@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from archbench.cli.args import (_device, add_model_args, add_train_args, check_writable, data_into_args,
@@ -79,6 +80,14 @@ def cmd_run(args) -> int:
                                  on_step=on_step, name=args.model, limit_train=args.limit_train,
                                  limit_test=args.limit_test, inputs=inputs, checkpoint_dir=args.checkpoint_dir,
                                  ctx=ctx, say=say)
+        except RuntimeError as e:
+            if not dist.lost_peer(ctx, e):
+                raise
+            if ctx.main:  # not bad input (exit 1), and no traceback: another process died, not this one
+                kept = f"; rerun the same command to resume from {args.checkpoint_dir}" if args.checkpoint_dir else ""
+                print(f"archbench run: rank {ctx.rank} lost the other ranks mid-run ({str(e).splitlines()[0][:160]})"
+                      f"{kept}", file=sys.stderr, flush=True)
+            return 1
         finally:
             dist.shutdown()
     if not ctx.main:

@@ -52,6 +52,10 @@ class Dataset:
     def n_train(self) -> int:
         return len(self.train.y)
 
+    @property
+    def n_test(self) -> int:
+        return len(self.test.y)
+
     def subset(self, train: int | None = None, test: int | None = None) -> "Dataset":
         """A class-balanced, deterministic subset: the first images of each class."""
         return Dataset(self.name, _balanced(self.train, train, self.num_classes),
@@ -149,6 +153,10 @@ class Folder:
     @property
     def n_train(self) -> int:
         return len(self.train_files)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test_files)
 
     def subset(self, train: int | None = None, test: int | None = None) -> "Folder":
         """A class-balanced, deterministic subset: the first files of each class."""

@@ -67,6 +67,18 @@ def init(ctx: Dist, device: str, timeout_s: float = 300.0) -> None:
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
 
 
+def lost_peer(ctx: Dist, error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank went away (a killed or
+    crashed process), as opposed to a bug on this rank."""
+    if not ctx.enabled:
+        return False
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return any(s in text for s in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                                   "NCCL communicator was aborted", "Socket Timeout"))
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -70,7 +70,7 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
     row: dict[str, Any] = {
         "name": name or f"{spec.macro} {'+'.join(dict.fromkeys(s.mixer for s in spec.stages))}"
                         f"/{'+'.join(dict.fromkeys(s.ffn for s in spec.stages))}",
-        "dataset": data.name, "train_images": data.n_train, "seed": seed,
+        "dataset": data.name, "train_images": data.n_train, "test_images": data.n_test, "seed": seed,
         "recipe": {**recipe.as_dict(), "limit_train": limit_train, "limit_test": limit_test}, "macro": spec.macro,
         "mixers": sorted({s.mixer for s in spec.stages}), "ffns": sorted({s.ffn for s in spec.stages}),
         "params": count_params(model).total,
@@ -81,7 +81,6 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
         row["gmacs_fvcore"], row["fvcore_error"] = None, f"{type(e).__name__}: {e}"[:300]
     dev = torch.device(device)
     batches, chosen = make_batches(data, spec.img_size, recipe, inputs, seed=seed, device=dev, ctx=ctx, say=say)
-    row["test_images"] = len(data.test.y) if hasattr(data, "test") else len(data.test_files)
     row["inputs"] = {**asdict(inputs), **chosen}
     status, error = "ok", None
     hist = None
