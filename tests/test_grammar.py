@@ -82,3 +82,32 @@ def test_stages_can_take_different_mixers():
     assert [s.mixer for s in spec.stages] == ["shift", "shift", "msa", "dmixer"]
     out = build_model(spec)(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 1000)
+
+
+def test_layer_scale_multiplies_both_residual_branches():
+    # x + ls1 * mixer(norm1(x)), then + ls2 * ffn(norm2(x)) (the pre-norm block with layer
+    # scale, timm's vision_transformer.Block): with every scale at 0 each block is the identity,
+    # so the model equals itself without blocks
+    import copy
+
+    import torch
+    from torch import nn
+
+    from archbench import build_model, make_spec
+
+    torch.manual_seed(0)
+    model = build_model(make_spec(macro="isotropic", mixer="msa", ffn="mlp", dims=16, depths=2, heads=2,
+                                  patch_size=4, img_size=16, layer_scale=0.5, num_classes=3)).eval()
+    scales = [m for n, m in model.named_modules() if n.endswith(("ls1", "ls2"))]
+    assert len(scales) == 4 and all(any(p.numel() for p in m.parameters()) for m in scales)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        for m in scales:
+            for p in m.parameters():
+                p.zero_()
+        bare = copy.deepcopy(model)
+        bare.blocks = nn.ModuleList()
+        assert torch.allclose(model(x), bare(x), atol=1e-6)
+        for p in scales[0].parameters():  # one scale back on: that block is no longer the identity
+            p.fill_(0.5)
+        assert not torch.allclose(model(x), bare(x), atol=1e-4)

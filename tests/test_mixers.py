@@ -380,3 +380,17 @@ def test_none_is_identity(layout, shape):
     m = NoMixer(8, heads=1, grid=(3, 4), layout=layout)
     x = torch.randn(shape)
     assert torch.equal(m(x), x) and n_params(m) == 0
+
+
+def test_shift_default_ratio_is_the_papers():
+    # ShiftViT (Wang et al. 2022) shifts 1/3 of the channels, γ = 1/12 per direction (official
+    # n_div = 12); the constructor and the check must agree on it
+    import inspect
+
+    from archbench.models import create_model
+
+    assert inspect.signature(Shift).parameters["ratio"].default == 1 / 12
+    assert inspect.signature(Shift.check).parameters["ratio"].default == 1 / 12
+    model = create_model("shiftvit_tiny_light", img_size=32, depths=1)
+    ratios = {m.ratio for m in model.modules() if isinstance(m, Shift)}
+    assert ratios == {1 / 12}

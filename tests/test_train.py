@@ -125,3 +125,15 @@ def test_eval_uses_the_models_preprocessing(capsys, tmp_path):
                  "--num-classes", "2", "--data-dir", str(tmp_path / "data" / "val"), "--json", "--workers", "0"])
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and row["images"] == 8 and 0 <= row["top1"] <= 100
+
+
+def test_augment_crop_and_flip_against_the_written_out_rule():
+    # pad p = max(1, round(4·min(H, W)/32)) = 1 at 4x4; offsets (dy, dx) pick the window
+    # xp[dy:dy+H, dx:dx+W] of the zero-padded image; the flip mirrors that window left-right
+    x = torch.arange(1, 17, dtype=torch.float32).reshape(1, 1, 4, 4).repeat(2, 1, 1, 1)
+    offsets = (torch.tensor([0, 2]), torch.tensor([0, 1]), torch.tensor([False, True]))
+    out = augment(x, flip=True, offsets=offsets)
+    xp = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    assert torch.equal(out[0], xp[0, :, 0:4, 0:4])  # shifted down-right, zeros in row 0 / column 0
+    assert torch.equal(out[1], xp[1, :, 2:6, 1:5].flip(-1))  # shifted up, then mirrored
+    assert not torch.equal(out, x)
