@@ -14,6 +14,7 @@ from torch import nn
 from archbench.grammar import load_parts
 from archbench.registry import MACROS, MIXERS
 from archbench.spec import ArchSpec, StageSpec, StemSpec
+from archbench.errors import UsageError
 
 HOME_MACRO = {"msa": "isotropic", "shift": "pyramid", "outlook": "two-stage",
               "cross-attn": "two-branch", "dmixer": "pyramid", "none": "pyramid"}
@@ -37,7 +38,7 @@ def _seq(name: str, v: Any) -> tuple:
     if isinstance(v, str) or not isinstance(v, Sequence):
         return (v,)
     if len(v) == 0:
-        raise ValueError(f"{name} is empty")
+        raise UsageError(f"{name} is empty")
     return tuple(v)
 
 
@@ -50,7 +51,7 @@ def _stretch(name: str, given: tuple, default: tuple, n: int, grow: bool) -> tup
     if len(vals) == 1 and given:
         return vals * n
     if given:
-        raise ValueError(f"{name} has {len(vals)} values for {n} stages; give 1 or {n}")
+        raise UsageError(f"{name} has {len(vals)} values for {n} stages; give 1 or {n}")
     base = default[0]
     return tuple(base * 2 ** i if grow else default[min(i, len(default) - 1)] for i in range(n))
 
@@ -74,7 +75,7 @@ def make_spec(**kw: Any) -> ArchSpec:
     fields = set(ArchSpec.__dataclass_fields__) - {"macro", "stages"}
     unknown = sorted(set(extra) - fields)
     if unknown:
-        raise ValueError(f"unknown model argument(s) {', '.join(unknown)}; allowed: "
+        raise UsageError(f"unknown model argument(s) {', '.join(unknown)}; allowed: "
                          f"{', '.join(sorted(set(SHORTHAND) | fields))}")
     mixers = _seq("mixer", kw.get("mixer")) or ("msa",)
     for m in mixers:
@@ -136,7 +137,7 @@ def build_model(spec: ArchSpec | dict | None = None, **shorthand: Any) -> nn.Mod
     >>> build_model(mixer="shift", ffn="msffn", img_size=32, num_classes=10)
     """
     if spec is not None and shorthand:
-        raise ValueError("give either a spec or shorthand arguments, not both")
+        raise UsageError("give either a spec or shorthand arguments, not both")
     if spec is None:
         spec = make_spec(**shorthand)
     elif not isinstance(spec, ArchSpec):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from archbench.layers.init import INITS
 from archbench.registry import ACTS, FFNS, MACROS, MIXERS, NORMS, STEMS
+from archbench.errors import UsageError
 
 if TYPE_CHECKING:
     from archbench.spec import ArchSpec
@@ -40,7 +41,7 @@ def check_options(where: str, cls_name: str, given: dict[str, Any], defaults: di
     for name, value in given.items():
         if name not in defaults:
             allowed = ", ".join(sorted(defaults)) or "none"
-            raise ValueError(f"{where}: {cls_name} has no option {name!r}; allowed: {allowed}")
+            raise UsageError(f"{where}: {cls_name} has no option {name!r}; allowed: {allowed}")
         check_type(f"{where} option {name!r}", value, defaults[name])
 
 
@@ -59,7 +60,7 @@ def check_type(where: str, value: Any, default: Any) -> None:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ValueError(f"{where} must be {type(default).__name__} like {default!r}, got {value!r}")
+        raise UsageError(f"{where} must be {type(default).__name__} like {default!r}, got {value!r}")
 
 
 def _positive(where: str, value: Any, *, integer: bool = True, zero: bool = False) -> None:
@@ -67,12 +68,12 @@ def _positive(where: str, value: Any, *, integer: bool = True, zero: bool = Fals
     if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) \
             or value < 0 or (value == 0 and not zero):
         need = ("a non-negative" if zero else "a positive") + (" integer" if integer else " number")
-        raise ValueError(f"{where} must be {need}, got {value!r}")
+        raise UsageError(f"{where} must be {need}, got {value!r}")
 
 
 def _rate(where: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{where} must be in [0, 1), got {value!r}")
+        raise UsageError(f"{where} must be in [0, 1), got {value!r}")
 
 
 def validate(spec: "ArchSpec") -> None:
@@ -81,7 +82,7 @@ def validate(spec: "ArchSpec") -> None:
 
     macro = MACROS.get(spec.macro)
     if not spec.stages:
-        raise ValueError("a spec needs at least one stage")
+        raise UsageError("a spec needs at least one stage")
     for name in ("in_chans", "num_classes"):
         _positive(name, getattr(spec, name), zero=name == "num_classes")
     for i, hw in enumerate(spec.img_size):
@@ -90,13 +91,13 @@ def validate(spec: "ArchSpec") -> None:
     _positive("layer_scale", spec.layer_scale, integer=False, zero=True)
     _positive("block_pos", spec.block_pos, zero=True)
     if spec.block_pos and spec.block_pos % 2 == 0:
-        raise ValueError(f"block_pos (a depthwise conv kernel) must be odd, got {spec.block_pos}")
+        raise UsageError(f"block_pos (a depthwise conv kernel) must be odd, got {spec.block_pos}")
     _rate("drop_rate", spec.drop_rate)
     _rate("drop_path", spec.drop_path)
     if spec.pool not in ("avg", "token"):
-        raise ValueError(f"pool must be 'avg' or 'token', got {spec.pool!r}")
+        raise UsageError(f"pool must be 'avg' or 'token', got {spec.pool!r}")
     if spec.pool == "token" and not spec.class_token:
-        raise ValueError("pool='token' needs class_token=True; use pool='avg' without a class token")
+        raise UsageError("pool='token' needs class_token=True; use pool='avg' without a class token")
     if spec.init is not None:
         INITS.get(spec.init)
     NORMS.get(spec.norm)
@@ -116,11 +117,11 @@ def validate(spec: "ArchSpec") -> None:
         _positive(f"{where} mlp_ratio", st.mlp_ratio, integer=False)
         _positive(f"{where} patch_size", st.patch_size, zero=True)
         if st.dim % st.heads:
-            raise ValueError(f"{where}: heads={st.heads} does not divide dim={st.dim}; "
+            raise UsageError(f"{where}: heads={st.heads} does not divide dim={st.dim}; "
                              f"use a divisor of {st.dim}")
         hidden = int(st.dim * st.mlp_ratio)
         if hidden < 1:
-            raise ValueError(f"{where}: mlp_ratio={st.mlp_ratio} gives an FFN of width 0")
+            raise UsageError(f"{where}: mlp_ratio={st.mlp_ratio} gives an FFN of width 0")
         mixer = MIXERS.get(st.mixer)
         mopts = st.mixer_options.as_dict()
         check_options(f"{where} mixer", st.mixer, mopts, option_defaults(mixer, MIXER_ARGS))
@@ -137,6 +138,6 @@ def validate(spec: "ArchSpec") -> None:
             if hasattr(ffn, "check"):
                 ffn.check(st.dim, int(st.dim * st.mlp_ratio), **st.ffn_options.as_dict())
         except ValueError as e:
-            raise ValueError(f"stage {i} ({st.mixer} + {st.ffn}, dim {st.dim}, grid "
+            raise UsageError(f"stage {i} ({st.mixer} + {st.ffn}, dim {st.dim}, grid "
                              f"{grid[0]}x{grid[1]}): {e}") from None
     macro.check(spec)

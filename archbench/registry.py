@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
+from archbench.errors import UsageError
 
 T = TypeVar("T")
 
@@ -34,7 +35,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            raise ValueError(self.unknown_message(name)) from None
+            raise UsageError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: object) -> str:
         msg = f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping
 
 import yaml
+from archbench.errors import UsageError
 
 
 class Options(tuple):
@@ -50,7 +51,7 @@ def _pair(v: Any, name: str) -> tuple[int, int]:
         return (v, v)
     if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v):
         return (int(v[0]), int(v[1]))
-    raise ValueError(f"{name} must be an int or (height, width), got {v!r}")
+    raise UsageError(f"{name} must be an int or (height, width), got {v!r}")
 
 
 class _Spec:
@@ -67,11 +68,11 @@ class _Spec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]):
         if not isinstance(data, Mapping):
-            raise ValueError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
+            raise UsageError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"unknown {cls.__name__} field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
         return cls(**data)
 
@@ -137,7 +138,7 @@ class ArchSpec(_Spec):
     def __post_init__(self):
         stages = self.stages
         if isinstance(stages, (StageSpec, Mapping)) or not isinstance(stages, Iterable):
-            raise ValueError(f"stages must be a list of stages, got {stages!r}")
+            raise UsageError(f"stages must be a list of stages, got {stages!r}")
         stages = tuple(s if isinstance(s, StageSpec) else StageSpec.from_dict(s) for s in stages)
         stem = self.stem if isinstance(self.stem, StemSpec) else StemSpec.from_dict(self.stem)
         object.__setattr__(self, "stages", stages)

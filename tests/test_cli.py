@@ -93,3 +93,16 @@ def test_bad_device_is_refused_before_any_work(capsys, argv, needle):
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and needle in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_a_bug_is_a_traceback_not_a_usage_line(monkeypatch, capsys):
+    # a ValueError that is not archbench's UsageError (here: a library's, as Pillow 13 raised from
+    # inside timm's RandAugment) is a bug: it propagates (traceback, exit 1), never "error: ..." exit 2
+    def broken(*a, **k):
+        raise ValueError("bits must be between or equal to 1 and 8")
+
+    monkeypatch.setattr("archbench.train.run.run_experiment", broken)
+    with pytest.raises(ValueError, match="bits must be"):
+        main(["run", "--mixer", "shift", "--dims", "16", "--depths", "1", "--img-size", "8", "--epochs", "1",
+              "--out", ""])
+    assert "error:" not in capsys.readouterr().err

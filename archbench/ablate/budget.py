@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from archbench.spec import ArchSpec
+from archbench.errors import UsageError
 
 METRICS = ("gmacs", "params")
 ADJUST = ("depth", "width")
 
 
-class BudgetError(ValueError):
+class BudgetError(UsageError):
     """No depth/width meets the budget within the tolerance (the message names the closest)."""
 
 
@@ -95,13 +96,13 @@ def match_budget(spec: ArchSpec, target: float, *, metric: str = "gmacs", adjust
     """``spec`` changed (by depth or width) so that ``metric`` is within ``tol`` (relative) of
     ``target``; raises :class:`BudgetError` naming the closest it found otherwise."""
     if metric not in METRICS:
-        raise ValueError(f"unknown budget metric {metric!r}; allowed: {', '.join(METRICS)}")
+        raise UsageError(f"unknown budget metric {metric!r}; allowed: {', '.join(METRICS)}")
     if adjust not in ADJUST:
-        raise ValueError(f"cannot match a budget by {adjust!r}; allowed: {', '.join(ADJUST)}")
+        raise UsageError(f"cannot match a budget by {adjust!r}; allowed: {', '.join(ADJUST)}")
     if not tol > 0:
-        raise ValueError(f"the budget tolerance must be > 0, got {tol!r}")
+        raise UsageError(f"the budget tolerance must be > 0, got {tol!r}")
     if not target > 0:
-        raise ValueError(f"the budget to match must be > 0, got {target!r}")
+        raise UsageError(f"the budget to match must be > 0, got {target!r}")
     before = shape(spec)
     base_cost = measure_fn(spec)
     if abs(base_cost.get(metric) - target) <= tol * target:

@@ -14,6 +14,7 @@ from typing import Any
 
 from archbench.search.space import PARAM_RE, put_param
 from archbench.spec import ArchSpec
+from archbench.errors import UsageError
 
 ALIASES = {"shift_ratio": "mixer_options.ratio", "gamma": "mixer_options.ratio"}
 ALLOWED = ("mixer, ffn, depths, dims, heads, mlp_ratio (each also NAME[i] for one stage), "
@@ -42,7 +43,7 @@ def parse_value(text: str) -> Any:
     if re.fullmatch(r"\d+\s*/\s*\d+", t):
         num, den = (int(s) for s in t.split("/"))
         if den == 0:
-            raise ValueError(f"bad fraction {t!r}")
+            raise UsageError(f"bad fraction {t!r}")
         return num / den
     try:
         return yaml.safe_load(t)
@@ -70,7 +71,7 @@ def split_values(text: str) -> list[str]:
 def canonical(name: str) -> str:
     name = ALIASES.get(name.strip(), name.strip()).replace("-", "_")
     if not PARAM_RE.match(name):
-        raise ValueError(f"unknown factor {name!r}; allowed: {ALLOWED}")
+        raise UsageError(f"unknown factor {name!r}; allowed: {ALLOWED}")
     return name
 
 
@@ -78,13 +79,13 @@ def parse_vary(text: str) -> Factor:
     """``NAME=V1,V2,...`` → :class:`Factor` (ValueError with the reason on bad input)."""
     name, sep, rest = text.partition("=")
     if not sep or not name.strip():
-        raise ValueError(f"--vary takes NAME=V1,V2,..., got {text!r}")
+        raise UsageError(f"--vary takes NAME=V1,V2,..., got {text!r}")
     cname = canonical(name)
     labels = [s for s in split_values(rest) if s]
     if not labels:
-        raise ValueError(f"--vary {name.strip()}: no values given (e.g. {name.strip()}=a,b)")
+        raise UsageError(f"--vary {name.strip()}: no values given (e.g. {name.strip()}=a,b)")
     if len(set(labels)) != len(labels):
-        raise ValueError(f"--vary {name.strip()}: a value is repeated in {rest!r}")
+        raise UsageError(f"--vary {name.strip()}: a value is repeated in {rest!r}")
     values = tuple(parse_value(s) for s in labels)
     return Factor(cname, tuple(labels), values, name.strip())
 

@@ -13,6 +13,7 @@ from archbench.ablate.budget import BudgetError, Cost, Match, match_budget, meas
 from archbench.ablate.factors import Factor, apply_changes
 from archbench.spec import ArchSpec
 from archbench.train.loop import Recipe
+from archbench.errors import UsageError
 
 DESIGNS = ("cross", "oat")  # every combination | one factor at a time from the base arm
 
@@ -143,13 +144,13 @@ def make_arms(base: dict[str, Any] | ArchSpec, factors: Sequence[Factor], *, des
     """The arms: the base arm (every factor at its first value) first, then the others,
     each matched to the base arm's budget when ``match`` is ``gmacs`` or ``params``."""
     if design not in DESIGNS:
-        raise ValueError(f"unknown design {design!r}; allowed: {', '.join(DESIGNS)}")
+        raise UsageError(f"unknown design {design!r}; allowed: {', '.join(DESIGNS)}")
     if not factors:
-        raise ValueError("nothing to vary: give at least one --vary NAME=V1,V2")
+        raise UsageError("nothing to vary: give at least one --vary NAME=V1,V2")
     names = [f.name for f in factors]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"factor {dup[0]!r} is given twice; put all its values in one --vary")
+        raise UsageError(f"factor {dup[0]!r} is given twice; put all its values in one --vary")
     if design == "cross":
         combos = list(itertools.product(*(range(len(f.values)) for f in factors)))
     else:
@@ -157,7 +158,7 @@ def make_arms(base: dict[str, Any] | ArchSpec, factors: Sequence[Factor], *, des
         for i, f in enumerate(factors):
             combos += [tuple(j if k == i else 0 for k in range(len(factors))) for j in range(1, len(f.values))]
     if len(combos) < 2:
-        raise ValueError("an ablation needs at least two arms: give a factor two or more values")
+        raise UsageError("an ablation needs at least two arms: give a factor two or more values")
     if not isinstance(base, ArchSpec):
         # fix the macro-architecture of the base arm, so that varying the mixer never moves an
         # arm to another macro (each mixer's home macro would otherwise apply)
@@ -173,7 +174,7 @@ def make_arms(base: dict[str, Any] | ArchSpec, factors: Sequence[Factor], *, des
         try:
             spec = apply_changes(base, changes)
         except ValueError as e:
-            raise ValueError(f"arm {aid}: {e}") from None
+            raise UsageError(f"arm {aid}: {e}") from None
         arms.append(Arm(aid, changes, labels, spec, Cost(0, 0.0), is_base=not any(combo)))
     target = None
     for arm in arms:
@@ -192,6 +193,6 @@ def make_arms(base: dict[str, Any] | ArchSpec, factors: Sequence[Factor], *, des
     keys = {}
     for arm in arms:
         if arm.key in keys:
-            raise ValueError(f"arms {keys[arm.key]} and {arm.id} build the same model; drop one value")
+            raise UsageError(f"arms {keys[arm.key]} and {arm.id} build the same model; drop one value")
         keys[arm.key] = arm.id
     return arms

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
+from archbench.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def t_quantile(q: float, df: int) -> float:
 def paired_diff(base: Mapping[int, float], arm: Mapping[int, float], conf: float = 0.95) -> Paired:
     """Paired difference ``arm - base`` over the seeds in both, with a ``conf`` t-interval."""
     if not 0 < conf < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {conf!r}")
+        raise UsageError(f"confidence must be in (0, 1), got {conf!r}")
     seeds = tuple(sorted(set(base) & set(arm)))
     diffs = [float(arm[s]) - float(base[s]) for s in seeds]
     s = summarize(diffs)

@@ -211,7 +211,7 @@ def spec_from_args(args: argparse.Namespace):
         try:
             return override_spec(entry.make(), **changes) if changes else entry.make()
         except ValueError as e:
-            raise ValueError(f"{entry.name}: {e}") from None
+            raise UsageError(f"{entry.name}: {e}") from None
     return make_spec(**shorthand_from_args(args))
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from archbench.cli import ablate, evaluate, models, profile, run, search, spec, study
 from archbench.cli.console import _cuda
+from archbench.errors import UsageError
 
 EXIT_USAGE = 2
 COMMANDS = (spec, profile, run, evaluate, search, ablate, study, models)  # the order of `archbench --help`
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, yaml.YAMLError) as e:  # UsageError and spec validation errors
+    except (UsageError, yaml.YAMLError) as e:  # bad input; anything else is a bug: a traceback, exit 1
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 says it once
             print(f"archbench {args.command}: error: {e}", file=sys.stderr, flush=True)
         else:  # torchrun tears the job down at the first exit: let rank 0 say why before that

@@ -11,6 +11,7 @@ from torch import nn
 
 from archbench.layers.layout import Layout
 from archbench.registry import ACTS, NORMS
+from archbench.errors import UsageError
 
 ALL_LAYOUTS = (Layout.TOKENS, Layout.NCHW, Layout.NHWC)
 NORM_LAYOUTS: dict[str, tuple[Layout, ...]] = {}
@@ -27,7 +28,7 @@ def check_norm(name: str, layout: Layout) -> None:
     NORMS.get(name)
     if layout not in NORM_LAYOUTS[name]:
         allowed = ", ".join(n for n, ls in sorted(NORM_LAYOUTS.items()) if layout in ls)
-        raise ValueError(f"norm {name!r} needs the {'/'.join(str(x) for x in NORM_LAYOUTS[name])} layout "
+        raise UsageError(f"norm {name!r} needs the {'/'.join(str(x) for x in NORM_LAYOUTS[name])} layout "
                          f"(pyramid macro), not {layout}; in this macro use one of: {allowed}")
 
 

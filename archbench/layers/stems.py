@@ -11,6 +11,7 @@ from typing import Callable
 from torch import nn
 
 from archbench.registry import STEMS
+from archbench.errors import UsageError
 
 
 class PatchStem(nn.Module):
@@ -65,7 +66,7 @@ class DaggerStem(nn.Module):
     def check(spec) -> None:
         p = spec.patch_size
         if p % 4 or (p != 16 and p // 4 > 3):
-            raise ValueError(f"dagger stem: patch_size {p} is not supported; use 4, 8, 12 or 16")
+            raise UsageError(f"dagger stem: patch_size {p} is not supported; use 4, 8, 12 or 16")
 
     def forward(self, x):
         return self.proj(x)
@@ -91,7 +92,7 @@ class VoloStem(nn.Module):
     @staticmethod
     def check(spec) -> None:
         if spec.patch_size % 2:
-            raise ValueError(f"volo stem: patch_size must be even (stride 2 conv, then a "
+            raise UsageError(f"volo stem: patch_size must be even (stride 2 conv, then a "
                              f"patch conv), got {spec.patch_size}")
 
     def forward(self, x):

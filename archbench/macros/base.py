@@ -15,6 +15,7 @@ from archbench.layers.block import make_norm
 from archbench.layers.init import INITS, InitScheme
 from archbench.layers.layout import Layout
 from archbench.registry import STEMS
+from archbench.errors import UsageError
 
 
 class MacroModel(nn.Module):
@@ -104,6 +105,6 @@ def divisible(img_size: tuple[int, int], stride: int, what: str) -> tuple[int, i
     """The grid of an image tiled by ``stride``, or a ValueError naming both and a fix."""
     H, W = img_size
     if H % stride or W % stride:
-        raise ValueError(f"img_size {H}x{W} is not divisible by {what} {stride}; use a multiple "
+        raise UsageError(f"img_size {H}x{W} is not divisible by {what} {stride}; use a multiple "
                          f"of {stride} (e.g. {max(stride, H // stride * stride)}) or change the patch size")
     return H // stride, W // stride

@@ -8,6 +8,7 @@ from archbench.layers.block import build_blocks, drop_path_rates, make_norm
 from archbench.layers.layout import Layout
 from archbench.macros.base import MacroModel, divisible
 from archbench.registry import MACROS, MIXERS
+from archbench.errors import UsageError
 
 
 @MACROS.register("isotropic")
@@ -33,13 +34,13 @@ class Isotropic(MacroModel):
     def check(cls, spec) -> None:
         dims = sorted({s.dim for s in spec.stages})
         if len(dims) > 1:
-            raise ValueError(f"isotropic stages share one width, got dims {dims}; use the pyramid "
+            raise UsageError(f"isotropic stages share one width, got dims {dims}; use the pyramid "
                              "macro for changing widths")
         if any(s.patch_size for s in spec.stages):
-            raise ValueError("stage patch_size is for two-branch branches; isotropic uses stem.patch_size")
+            raise UsageError("stage patch_size is for two-branch branches; isotropic uses stem.patch_size")
         if spec.pool == "token" and not any(MIXERS.get(s.mixer).reads_prefix for s in spec.stages):
             mixers = sorted({s.mixer for s in spec.stages})
-            raise ValueError(f"pool='token' reads the class token, but mixer(s) {', '.join(mixers)} never "
+            raise UsageError(f"pool='token' reads the class token, but mixer(s) {', '.join(mixers)} never "
                              "update it (they mix the patch grid only); use pool='avg' or an msa stage")
 
     def __init__(self, spec):

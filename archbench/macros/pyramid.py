@@ -9,6 +9,7 @@ from archbench.layers.block import build_blocks, drop_path_rates, make_norm
 from archbench.layers.layout import Layout
 from archbench.macros.base import MacroModel, divisible
 from archbench.registry import MACROS
+from archbench.errors import UsageError
 
 DOWNSAMPLES = ("merge", "conv")
 
@@ -52,12 +53,12 @@ class Pyramid(MacroModel):
     def check(cls, spec) -> None:
         ds = spec.options.as_dict().get("downsample", "merge")
         if ds not in DOWNSAMPLES:
-            raise ValueError(f"pyramid option downsample={ds!r}; allowed: {', '.join(DOWNSAMPLES)}")
+            raise UsageError(f"pyramid option downsample={ds!r}; allowed: {', '.join(DOWNSAMPLES)}")
         if spec.class_token or spec.pos_embed:
-            raise ValueError("the pyramid macro has no class token or absolute position embedding; "
+            raise UsageError("the pyramid macro has no class token or absolute position embedding; "
                              "set class_token=False, pos_embed=False (use block_pos for conv position encoding)")
         if any(s.patch_size for s in spec.stages):
-            raise ValueError("stage patch_size is for two-branch branches; pyramid uses stem.patch_size")
+            raise UsageError("stage patch_size is for two-branch branches; pyramid uses stem.patch_size")
 
     def __init__(self, spec):
         super().__init__(spec)

@@ -11,6 +11,7 @@ from archbench.layers.layout import Layout
 from archbench.layers.mixers.cross_attn import CrossAttention
 from archbench.macros.base import MacroModel, divisible
 from archbench.registry import ACTS, MACROS, STEMS
+from archbench.errors import UsageError
 
 
 class FusionBlock(nn.Module):
@@ -100,24 +101,24 @@ class TwoBranch(MacroModel):
     def check_shape(cls, spec) -> None:
         o = {**cls.option_defaults, **spec.options.as_dict()}
         if len(spec.stages) != 2:
-            raise ValueError(f"two-branch needs exactly 2 stages (the branches), got {len(spec.stages)}")
+            raise UsageError(f"two-branch needs exactly 2 stages (the branches), got {len(spec.stages)}")
         for b, st in enumerate(spec.stages):
             if st.patch_size < 1:
-                raise ValueError(f"two-branch: branch {b} needs its own patch_size (stage patch_size), got {st.patch_size}")
+                raise UsageError(f"two-branch: branch {b} needs its own patch_size (stage patch_size), got {st.patch_size}")
             stem = STEMS.get(spec.stem.kind)
             if hasattr(stem, "check"):
                 stem.check(spec.stem.replace(patch_size=st.patch_size))
         scales = o["img_scales"]
         if len(scales) != 2 or not all(isinstance(s, (int, float)) and 0 < s <= 4 for s in scales):
-            raise ValueError(f"two-branch option img_scales must be two numbers in (0, 4], got {scales!r}")
+            raise UsageError(f"two-branch option img_scales must be two numbers in (0, 4], got {scales!r}")
         for name in ("encoders", "fusion_depth"):
             if o[name] < 1:
-                raise ValueError(f"two-branch option {name} must be >= 1, got {o[name]}")
+                raise UsageError(f"two-branch option {name} must be >= 1, got {o[name]}")
 
     @classmethod
     def check(cls, spec) -> None:
         if not spec.class_token:
-            raise ValueError("two-branch fuses the branches through their class tokens: class_token must be True")
+            raise UsageError("two-branch fuses the branches through their class tokens: class_token must be True")
 
     def __init__(self, spec):
         super().__init__(spec)

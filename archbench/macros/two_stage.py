@@ -11,6 +11,7 @@ from archbench.layers.mixers.cross_attn import CrossAttention
 from archbench.macros.base import MacroModel, divisible
 from archbench.macros.pyramid import Stage
 from archbench.registry import ACTS, FFNS, MACROS
+from archbench.errors import UsageError
 
 
 class Downsample(nn.Module):
@@ -64,7 +65,7 @@ class TwoStage(MacroModel):
     @classmethod
     def grids(cls, spec):
         if len(spec.stages) != 2:
-            raise ValueError(f"two-stage needs exactly 2 stages (fine, coarse), got {len(spec.stages)}")
+            raise UsageError(f"two-stage needs exactly 2 stages (fine, coarse), got {len(spec.stages)}")
         p = spec.stem.patch_size
         H, W = divisible(spec.img_size, 2 * p, f"the two-stage total stride (patch_size {p} x 2)")
         return [(2 * H, 2 * W), (H, W)]
@@ -73,14 +74,14 @@ class TwoStage(MacroModel):
     def check(cls, spec) -> None:
         o = {**cls.option_defaults, **spec.options.as_dict()}
         if o["class_blocks"] < 0:
-            raise ValueError(f"two-stage option class_blocks must be >= 0, got {o['class_blocks']}")
+            raise UsageError(f"two-stage option class_blocks must be >= 0, got {o['class_blocks']}")
         if (o["class_blocks"] > 0) != spec.class_token:
-            raise ValueError("two-stage: class_blocks > 0 needs class_token=True and class_token needs "
+            raise UsageError("two-stage: class_blocks > 0 needs class_token=True and class_token needs "
                              f"class blocks (got class_blocks={o['class_blocks']}, class_token={spec.class_token})")
         if o["aux_head"] and spec.pool != "token":
-            raise ValueError("two-stage: aux_head adds to the class-token logits; it needs pool='token'")
+            raise UsageError("two-stage: aux_head adds to the class-token logits; it needs pool='token'")
         if any(s.patch_size for s in spec.stages):
-            raise ValueError("stage patch_size is for two-branch branches; two-stage uses stem.patch_size")
+            raise UsageError("stage patch_size is for two-branch branches; two-stage uses stem.patch_size")
 
     def __init__(self, spec):
         super().__init__(spec)

@@ -86,6 +86,7 @@ import torch
 from torch import nn
 
 from archbench.measure.params import component_role
+from archbench.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -362,7 +363,7 @@ def count_macs(model: nn.Module, input_shape: torch.Tensor | Sequence[int] = (1,
     restores every module's training flag and the fast-path setting afterwards. ``backend``:
     ``"fvcore"`` or ``"ptflops"`` (see the module docstring for what each counts)."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown FLOP counter {backend!r}; known: {', '.join(BACKENDS)}")
+        raise UsageError(f"unknown FLOP counter {backend!r}; known: {', '.join(BACKENDS)}")
     if isinstance(input_shape, torch.Tensor):
         x = input_shape
     else:

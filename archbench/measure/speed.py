@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from archbench.errors import UsageError
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -108,9 +109,9 @@ def measure_speed(model: nn.Module, input_size: tuple[int, int, int], *, batch_s
     eval mode with its original parameters (the training step runs on a copy's optimizer
     state but updates the weights: call it on a throwaway model, as ``profile`` does)."""
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+        raise UsageError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     if compile not in ("none", "default", "reduce-overhead", "max-autotune"):
-        raise ValueError(f"compile mode {compile!r}; choose none, default, reduce-overhead or max-autotune")
+        raise UsageError(f"compile mode {compile!r}; choose none, default, reduce-overhead or max-autotune")
     device = torch.device(device)
     old_threads = torch.get_num_threads()
     if threads:

@@ -12,6 +12,7 @@ from archbench.builder import HOME_MACRO, build_model
 from archbench.grammar import MIXER_ARGS, FFN_ARGS, load_parts, option_defaults
 from archbench.registry import FFNS, MIXERS, MODELS
 from archbench.spec import ArchSpec
+from archbench.errors import UsageError
 
 STAGE_KEYS = {"depths": "depth", "dims": "dim", "heads": "heads", "mlp_ratio": "mlp_ratio"}
 
@@ -30,7 +31,7 @@ def get_entry(name: str):
     known = MODELS.names() + sorted(aliases)
     close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}.{hint} `archbench models` lists all {len(MODELS)}.")
+    raise UsageError(f"unknown model {name!r}.{hint} `archbench models` lists all {len(MODELS)}.")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -44,7 +45,7 @@ def _per_stage(key: str, value: Any, n: int) -> tuple:
     if len(vals) == 1:
         return vals * n
     if len(vals) != n:
-        raise ValueError(f"{key} has {len(vals)} values but the model has {n} stages; give 1 or {n}")
+        raise UsageError(f"{key} has {len(vals)} values but the model has {n} stages; give 1 or {n}")
     return vals
 
 
@@ -98,7 +99,7 @@ def override_spec(spec: ArchSpec, **overrides: Any) -> ArchSpec:
     for k, v in ov.items():
         if k not in spec_fields:
             allowed = sorted(spec_fields | set(STAGE_KEYS) | {"mixer", "ffn", "patch_size"})
-            raise ValueError(f"unknown override {k!r}; allowed: {', '.join(allowed)}")
+            raise UsageError(f"unknown override {k!r}; allowed: {', '.join(allowed)}")
         d[k] = v
     if d["macro"] == "isotropic" and d["pool"] == "token" and "pool" not in overrides \
             and not any(MIXERS.get(st["mixer"]).reads_prefix for st in stages):
@@ -115,7 +116,7 @@ def _two_branch_patches(d: dict, p: int, img) -> None:
     large = next((q for q in range(math.ceil(target - 1e-9), min(H, W) + 1)
                   if q > p and H % q == 0 and W % q == 0), None)
     if large is None:
-        raise ValueError(f"two-branch: no large-branch patch above {p} tiles a {H}x{W} image; "
+        raise UsageError(f"two-branch: no large-branch patch above {p} tiles a {H}x{W} image; "
                          f"use a smaller patch_size")
     d["stages"][0]["patch_size"], d["stages"][1]["patch_size"] = p, large
     d["options"] = {**d.get("options", {}), "img_scales": [1.0, 1.0]}
@@ -146,7 +147,7 @@ def create_model(name: str, pretrained: str | None = None, num_classes: int = 10
         spec = override_spec(spec, **changes) if changes else spec
     except ValueError as e:
         args = ", ".join(f"{k}={v!r}" for k, v in changes.items())
-        raise ValueError(f"{entry.name} cannot take {args}: {e}") from None
+        raise UsageError(f"{entry.name} cannot take {args}: {e}") from None
     model = build_model(spec)
     model.pretrained_cfg.update(entry.cfg)
     model.pretrained_cfg.update(input_size=(spec.in_chans, *spec.img_size), num_classes=spec.num_classes,
@@ -162,7 +163,7 @@ def _check_two_branch_resize(spec: ArchSpec, img) -> None:
     H, W = (img, img) if isinstance(img, int) else tuple(img)
     p = spec.stages[0].patch_size
     if H % p or W % p:
-        raise ValueError(f"{H}x{W} is not tiled by CrossViT's {p}-pixel small-branch patches; pass "
+        raise UsageError(f"{H}x{W} is not tiled by CrossViT's {p}-pixel small-branch patches; pass "
                          f"patch_size too (e.g. img_size={H}, patch_size=4 gives branches of 4 and 8)")
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from archbench.errors import UsageError
 
 # a converter maps each of our keys to (the checkpoint key it came from, its tensor)
 Converted = dict[str, tuple[str, Tensor]]
@@ -26,7 +27,7 @@ Converter = Callable[[dict[str, Tensor]], Converted]
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist (archbench never downloads weights)")
+        raise UsageError(f"checkpoint {str(path)!r} does not exist (archbench never downloads weights)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         sd = load_file(str(path))
@@ -37,13 +38,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ValueError(f"cannot read checkpoint {str(path)!r}: {first}") from None
+            raise UsageError(f"cannot read checkpoint {str(path)!r}: {first}") from None
     for key in ("model", "state_dict", "model_ema"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
             break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{str(path)!r} is not a state dict of tensors")
+        raise UsageError(f"{str(path)!r} is not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
@@ -234,5 +235,5 @@ def load_pretrained(model: nn.Module, path: str | Path, entry=None) -> None:
             if items:
                 more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
                 parts.append(f"{label} {len(items)}: {', '.join(items[:8])}{more}")
-        raise ValueError(f"checkpoint {str(path)!r} does not fit {model_name}: " + "; ".join(parts))
+        raise UsageError(f"checkpoint {str(path)!r} does not fit {model_name}: " + "; ".join(parts))
     model.load_state_dict(sd, strict=True)

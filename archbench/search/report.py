@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+from archbench.errors import UsageError
 
 AXES = {"top1": ("top-1 accuracy (%)", "maximize"), "top5": ("top-5 accuracy (%)", "maximize"),
         "gmacs": ("GMACs per image", "minimize"), "params": ("parameters (M)", "minimize"),
@@ -67,7 +68,7 @@ def plot_pareto(df: pd.DataFrame, x: str, y: str, out: str | Path, title: str = 
 
     for axis in (x, y):
         if axis not in AXES:
-            raise ValueError(f"unknown axis {axis!r}; allowed: {', '.join(AXES)}")
+            raise UsageError(f"unknown axis {axis!r}; allowed: {', '.join(AXES)}")
     ok = df[(df["state"] == "COMPLETE") & df["trained"].astype(bool)].dropna(subset=[x, y]).copy()
     scale = {"params": 1e-6}
     ok["_x"], ok["_y"] = ok[x] * scale.get(x, 1), ok[y] * scale.get(y, 1)

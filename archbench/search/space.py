@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from archbench.errors import UsageError
 
 OBJECTIVES = {"top1": "maximize", "top5": "maximize", "throughput": "maximize", "gmacs": "minimize",
               "params": "minimize", "latency": "minimize"}
@@ -98,30 +99,30 @@ def _where(src: str, d: Any, key: str) -> str:
 def _param(src: str, params: dict, name: str) -> Param:
     at = _where(src, params, name)
     if not PARAM_RE.match(str(name)):
-        raise ValueError(f"{at}unknown parameter {name!r}; allowed: {', '.join(STAGE_KEYS)} (all stages, or one "
+        raise UsageError(f"{at}unknown parameter {name!r}; allowed: {', '.join(STAGE_KEYS)} (all stages, or one "
                          f"as depths[2]), mixer_options.NAME, ffn_options.NAME, {', '.join(GLOBAL_KEYS)}")
     d = params[name]
     if not isinstance(d, dict):
-        raise ValueError(f"{at}parameter {name!r} needs a mapping like {{choices: [...]}} or {{low: 1, high: 4}}")
+        raise UsageError(f"{at}parameter {name!r} needs a mapping like {{choices: [...]}} or {{low: 1, high: 4}}")
     unknown = set(d) - {"choices", "low", "high", "step", "log"}
     if unknown:
-        raise ValueError(f"{at}parameter {name!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+        raise UsageError(f"{at}parameter {name!r}: unknown key(s) {', '.join(sorted(unknown))}; "
                          "allowed: choices | low, high, step, log")
     if "choices" in d:
         ch = d["choices"]
         if not isinstance(ch, list) or not ch:
-            raise ValueError(f"{at}parameter {name!r}: choices must be a non-empty list, got {ch!r}")
+            raise UsageError(f"{at}parameter {name!r}: choices must be a non-empty list, got {ch!r}")
         return Param(name, "categorical", choices=tuple(ch))
     if "low" not in d or "high" not in d:
-        raise ValueError(f"{at}parameter {name!r} needs choices, or low and high")
+        raise UsageError(f"{at}parameter {name!r} needs choices, or low and high")
     low, high = d["low"], d["high"]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-        raise ValueError(f"{at}parameter {name!r}: low and high must be numbers, got {low!r}, {high!r}")
+        raise UsageError(f"{at}parameter {name!r}: low and high must be numbers, got {low!r}, {high!r}")
     if low > high:
-        raise ValueError(f"{at}parameter {name!r}: empty range, low={low} > high={high}")
+        raise UsageError(f"{at}parameter {name!r}: empty range, low={low} > high={high}")
     log = bool(d.get("log", False))
     if log and low <= 0:
-        raise ValueError(f"{at}parameter {name!r}: a log range needs low > 0, got {low}")
+        raise UsageError(f"{at}parameter {name!r}: a log range needs low > 0, got {low}")
     kind = "int" if isinstance(low, int) and isinstance(high, int) and not isinstance(d.get("step"), float) else "float"
     return Param(name, kind, low=low, high=high, step=d.get("step"), log=log)
 
@@ -133,46 +134,46 @@ def load_space(path: str | Path) -> SearchSpace:
     try:
         text = path.read_text()
     except OSError as e:
-        raise ValueError(f"cannot read search space {src!r}: {e.strerror}") from None
+        raise UsageError(f"cannot read search space {src!r}: {e.strerror}") from None
     try:
         data = yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ValueError(f"{src}{line}: malformed YAML: {getattr(e, 'problem', None) or e}") from None
+        raise UsageError(f"{src}{line}: malformed YAML: {getattr(e, 'problem', None) or e}") from None
     return parse_space(data, src, default_name=path.stem)
 
 
 def parse_space(data: Any, src: str = "<space>", default_name: str = "study") -> SearchSpace:
     if not isinstance(data, dict):
-        raise ValueError(f"{src}: a search space is a mapping with keys {', '.join(TOP_KEYS)}")
+        raise UsageError(f"{src}: a search space is a mapping with keys {', '.join(TOP_KEYS)}")
     for key in data:
         if key not in TOP_KEYS:
-            raise ValueError(f"{_where(src, data, key)}unknown key {key!r}; allowed: {', '.join(TOP_KEYS)}")
+            raise UsageError(f"{_where(src, data, key)}unknown key {key!r}; allowed: {', '.join(TOP_KEYS)}")
     params = data.get("params") or {}
     if not isinstance(params, dict) or not params:
-        raise ValueError(f"{src}: params must map at least one parameter to its range")
+        raise UsageError(f"{src}: params must map at least one parameter to its range")
     plist = tuple(_param(src, params, n) for n in params)
     objectives = data.get("objectives", ["top1"])
     objectives = [objectives] if isinstance(objectives, str) else objectives
     if not objectives or any(o not in OBJECTIVES for o in objectives) or len(set(objectives)) != len(objectives):
-        raise ValueError(f"{_where(src, data, 'objectives')}objectives {objectives!r}: give distinct names "
+        raise UsageError(f"{_where(src, data, 'objectives')}objectives {objectives!r}: give distinct names "
                          f"from {', '.join(OBJECTIVES)}")
     constraints = dict(data.get("constraints") or {})
     for k, v in constraints.items():
         if k not in CONSTRAINTS:
-            raise ValueError(f"{_where(src, data, 'constraints')}unknown constraint {k!r}; allowed: {', '.join(CONSTRAINTS)}")
+            raise UsageError(f"{_where(src, data, 'constraints')}unknown constraint {k!r}; allowed: {', '.join(CONSTRAINTS)}")
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{_where(src, data, 'constraints')}constraint {k} must be a positive number, got {v!r}")
+            raise UsageError(f"{_where(src, data, 'constraints')}constraint {k} must be a positive number, got {v!r}")
     sampler = dict(data.get("sampler") or {"name": "tpe"})
     sampler.setdefault("name", "tpe")
     sampler.setdefault("seed", 0)
     if sampler["name"] not in SAMPLERS:
-        raise ValueError(f"{_where(src, data, 'sampler')}unknown sampler {sampler['name']!r}; allowed: {', '.join(SAMPLERS)}")
+        raise UsageError(f"{_where(src, data, 'sampler')}unknown sampler {sampler['name']!r}; allowed: {', '.join(SAMPLERS)}")
     pruner = dict(data.get("pruner") or {"name": "median"})
     pruner.setdefault("name", "median")
     if pruner["name"] not in PRUNERS:
-        raise ValueError(f"{_where(src, data, 'pruner')}unknown pruner {pruner['name']!r}; allowed: {', '.join(PRUNERS)}")
+        raise UsageError(f"{_where(src, data, 'pruner')}unknown pruner {pruner['name']!r}; allowed: {', '.join(PRUNERS)}")
     dataset = dict(data.get("dataset") or {"name": "digits"})
     base = dict(data.get("base") or {})
     recipe = dict(data.get("recipe") or {})
@@ -189,12 +190,12 @@ def check_base(space: SearchSpace) -> None:
     try:
         make_spec(**space.base)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{space.source}: base: {e}") from None
+        raise UsageError(f"{space.source}: base: {e}") from None
     try:
         space_recipe(space)
         space_inputs(space)
     except ValueError as e:
-        raise ValueError(f"{space.source}: {e}") from None
+        raise UsageError(f"{space.source}: {e}") from None
 
 
 def space_recipe(space: SearchSpace):
@@ -205,7 +206,7 @@ def space_recipe(space: SearchSpace):
     try:
         return recipe(fields.pop("name", "small"), **fields)
     except ValueError as e:
-        raise ValueError(f"recipe: {e}") from None
+        raise UsageError(f"recipe: {e}") from None
 
 
 def space_inputs(space: SearchSpace):
@@ -216,7 +217,7 @@ def space_inputs(space: SearchSpace):
     try:
         inputs.check()
     except ValueError as e:
-        raise ValueError(f"dataset: {e}") from None
+        raise UsageError(f"dataset: {e}") from None
     return inputs
 
 
@@ -248,7 +249,7 @@ def put_param(kw: dict[str, Any], name: str, value: Any, base_spec) -> None:
         cur = list(cur) if isinstance(cur, (list, tuple)) else [cur] * n_stages
         i = int(m["idx"])
         if i >= n_stages:
-            raise ValueError(f"parameter {name!r}: the base has {n_stages} stages")
+            raise UsageError(f"parameter {name!r}: the base has {n_stages} stages")
         cur[i] = value
         kw[key] = cur
     elif m["opt"]:

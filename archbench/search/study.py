@@ -19,6 +19,7 @@ from typing import Any, Callable
 import optuna
 
 from archbench.search.space import SearchSpace, apply, space_inputs, space_recipe
+from archbench.errors import UsageError
 
 # Optuna has no pruner for several objectives. Our early stop for them: from epoch
 # HOPELESS_AFTER on, a trial whose top-1 is more than HOPELESS_MARGIN points below the best
@@ -76,8 +77,8 @@ def check_satisfiable(space: SearchSpace, base_spec, samples: int = 48, seed: in
         if excess < closest_excess:
             closest, closest_excess = values, excess
     if closest is None:
-        raise ValueError(f"{space.source}: none of {samples} sampled configurations makes a valid spec")
-    raise ValueError(f"{space.source}: constraints {space.constraints} look unsatisfiable: none of {samples} "
+        raise UsageError(f"{space.source}: none of {samples} sampled configurations makes a valid spec")
+    raise UsageError(f"{space.source}: constraints {space.constraints} look unsatisfiable: none of {samples} "
                      f"sampled configurations meets them; the closest ({closest}) is {closest_excess:.0%} over")
 
 
@@ -103,7 +104,7 @@ def _storage(url: str):
         return RDBStorage(url, heartbeat_interval=10, grace_period=30,
                           **{hook: RetryFailedTrialCallback(max_retry=1)})
     except Exception as e:  # noqa: BLE001 - any connection failure is the user's URL
-        raise ValueError(f"cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        raise UsageError(f"cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
 
 
 def _sampler(space: SearchSpace):

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from archbench.ablate.plan import Ablation
 from archbench.spec import ArchSpec
 from archbench.train.recipe import Recipe
+from archbench.errors import UsageError
 
 CPU_BATCH = 2  # a step of a ~20-50M-parameter model at 224 px takes seconds on a CPU: keep it cheap
 
@@ -134,7 +135,7 @@ def estimate(sections: Sequence[tuple[str, Ablation]], *, images: int, device: s
     from archbench.measure.speed import device_name
 
     if images < 1:
-        raise ValueError(f"the training split has no images to estimate from (got {images})")
+        raise UsageError(f"the training split has no images to estimate from (got {images})")
     seen: dict[str, ArmTime] = {}
     epochs = None
     for key, abl in sections:

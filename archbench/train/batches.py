@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.train.dist import Dist
+from archbench.errors import UsageError
 
 
 def crop_pad(h: int, w: int) -> int:
@@ -55,7 +56,7 @@ def augment(x: torch.Tensor, *, flip: bool, gen: torch.Generator | None = None,
 
 def per_rank(batch_size: int, ctx: Dist) -> int:
     if batch_size % ctx.world_size:
-        raise ValueError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
+        raise UsageError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
                          f"world size {ctx.world_size} (torchrun --nproc_per_node × nodes)")
     return batch_size // ctx.world_size
 
@@ -129,7 +130,7 @@ class LoaderBatches:
         self.train = make_loader(train_ds, batch_size=per_rank(batch_size, ctx), shuffle=True, drop_last=True,
                                  workers=workers, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
         if len(self.train) == 0:
-            raise ValueError(f"{self.n_train} training images cannot fill one batch of {batch_size}; "
+            raise UsageError(f"{self.n_train} training images cannot fill one batch of {batch_size}; "
                              "lower --batch-size")
         shard = Subset(test_ds, range(ctx.rank, len(test_ds), ctx.world_size))  # no padding: exact counts
         # evaluation batches as large as the training ones (timm's default): at 224 px a batch

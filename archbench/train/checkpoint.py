@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from archbench.errors import UsageError
 
 
 class Checkpointer:
@@ -35,13 +36,13 @@ class Checkpointer:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
-            raise ValueError(f"--checkpoint-dir {str(self.folder)!r} is not writable: {e.strerror}") from None
+            raise UsageError(f"--checkpoint-dir {str(self.folder)!r} is not writable: {e.strerror}") from None
 
     def _check_identity(self, found: dict[str, Any], what: str) -> None:
         if found == self.identity:
             return
         keys = sorted(k for k in set(found) | set(self.identity) if found.get(k) != self.identity.get(k))
-        raise ValueError(f"{what} in {str(self.folder)!r} belongs to another run (its {', '.join(keys)} "
+        raise UsageError(f"{what} in {str(self.folder)!r} belongs to another run (its {', '.join(keys)} "
                          f"differ{'s' if len(keys) == 1 else ''}); use another --checkpoint-dir or remove it")
 
     def finished_row(self) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from archbench.errors import UsageError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 IMG_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
@@ -73,7 +74,7 @@ def _balanced(split: Split, n: int | None, num_classes: int) -> Split:
     if n is None or n >= len(split.y):
         return split
     if n < num_classes:
-        raise ValueError(f"a subset of {n} images cannot hold all {num_classes} classes")
+        raise UsageError(f"a subset of {n} images cannot hold all {num_classes} classes")
     per = n // num_classes
     idx = torch.cat([torch.nonzero(split.y == c).flatten()[:per] for c in range(num_classes)]).sort().values
     return Split(split.x[idx], split.y[idx])
@@ -94,7 +95,7 @@ def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def _finish(name, train, test, classes, flip) -> Dataset:
     if len(classes) < 2:
-        raise ValueError(f"dataset {name!r} has {len(classes)} class; classification needs at least 2")
+        raise UsageError(f"dataset {name!r} has {len(classes)} class; classification needs at least 2")
     mean, std = _stats(train.x)
     return Dataset(name, train, test, len(classes), classes, mean, std, flip, tuple(train.x.shape[-2:]))
 
@@ -116,12 +117,12 @@ def load_cifar(name: str, data_dir: str | None, download: bool) -> Dataset:
     from torchvision import datasets
 
     if not data_dir:
-        raise ValueError(f"{name} needs --data-dir (and --download to fetch it there)")
+        raise UsageError(f"{name} needs --data-dir (and --download to fetch it there)")
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     try:
         tr, te = cls(data_dir, train=True, download=download), cls(data_dir, train=False, download=download)
     except RuntimeError as e:
-        raise ValueError(f"{name} not found under {data_dir!r} ({e}); pass --download to fetch it") from None
+        raise UsageError(f"{name} not found under {data_dir!r} ({e}); pass --download to fetch it") from None
 
     def split(ds):
         return Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
@@ -164,7 +165,7 @@ class Folder:
             if n is None or n >= len(files):
                 return files
             if n < self.num_classes:
-                raise ValueError(f"a subset of {n} images cannot hold all {self.num_classes} classes")
+                raise UsageError(f"a subset of {n} images cannot hold all {self.num_classes} classes")
             per, count, out = n // self.num_classes, {}, []
             for f in files:
                 if count.get(f[1], 0) < per:
@@ -179,16 +180,16 @@ def load_imagefolder(data_dir: str | None) -> Folder:
     from archbench.train.folder import image_mode, load_image, scan_split
 
     if not data_dir:
-        raise ValueError("imagefolder needs --data-dir holding train/ and val/ (or test/)")
+        raise UsageError("imagefolder needs --data-dir holding train/ and val/ (or test/)")
     root = Path(data_dir)
     if not root.is_dir():
-        raise ValueError(f"data dir {data_dir!r} does not exist")
+        raise UsageError(f"data dir {data_dir!r} does not exist")
     held = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if not (root / "train").is_dir() or held is None:
-        raise ValueError(f"{data_dir!r} must hold train/ and val/ (or test/), one folder per class inside")
+        raise UsageError(f"{data_dir!r} must hold train/ and val/ (or test/), one folder per class inside")
     train, classes = scan_split(root / "train")
     if len(classes) < 2:
-        raise ValueError(f"dataset {root.name!r} has {len(classes)} class; classification needs at least 2")
+        raise UsageError(f"dataset {root.name!r} has {len(classes)} class; classification needs at least 2")
     test, _ = scan_split(held, classes)
     mode = image_mode(train)
     native = next((im.height, im.width) for im in (load_image(p, mode) for p, _ in train) if im is not None)
@@ -201,7 +202,7 @@ _CACHE: dict[tuple, Dataset] = {}
 def load_dataset(name: str, data_dir: str | None = None, download: bool = False) -> Dataset | Folder:
     """A dataset by name, decoded once per process (later calls return the same tensors)."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     key = (name, str(Path(data_dir).resolve()) if data_dir else None)
     if key not in _CACHE:
         if name == "digits":

@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from archbench.train.data import IMG_EXTS
+from archbench.errors import UsageError
 
 CACHE_MODES = ("auto", "memory", "disk")
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -43,7 +44,7 @@ def scan_split(root: Path, classes: list[str] | None = None) -> tuple[list[tuple
     classes = list(classes) if classes is not None else found
     extra = sorted(set(found) - set(classes))
     if extra:
-        raise ValueError(f"{root} has class folders not among the training classes: {', '.join(extra[:5])}")
+        raise UsageError(f"{root} has class folders not among the training classes: {', '.join(extra[:5])}")
     files = []
     for label, name in enumerate(classes):
         if not (root / name).is_dir():
@@ -52,7 +53,7 @@ def scan_split(root: Path, classes: list[str] | None = None) -> tuple[list[tuple
                         and os.path.splitext(e.name)[1].lower() in IMG_EXTS and e.is_file())
         files += [(str(root / name / f), label) for f in images]
     if not files:
-        raise ValueError(f"no images under {root} (expected {root}/<class>/<image>.jpg)")
+        raise UsageError(f"no images under {root} (expected {root}/<class>/<image>.jpg)")
     return files, classes
 
 
@@ -64,7 +65,7 @@ def image_mode(files: list[tuple[str, int]]) -> str:
                 return "L" if im.mode in ("L", "I", "I;16", "1") else "RGB"
         except Exception:  # noqa: BLE001 - unreadable: try the next; the loader reports it
             continue
-    raise ValueError(f"none of the {len(files)} images is readable, e.g. {files[0][0]}")
+    raise UsageError(f"none of the {len(files)} images is readable, e.g. {files[0][0]}")
 
 
 def load_image(path: str, mode: str, draft: int | None = None) -> Image.Image | None:
@@ -168,9 +169,9 @@ def choose_cache(mode: str, n: int, chans: int, size: int, cache_gb: float, *,
     """``("memory" | "disk", why)`` for ``--cache mode``: ``auto`` keeps the decoded split in
     memory when it fits in ``cache_gb`` (1 GB = 1e9 bytes) and streams it otherwise."""
     if mode not in CACHE_MODES:
-        raise ValueError(f"unknown --cache {mode!r}; allowed: {', '.join(CACHE_MODES)}")
+        raise UsageError(f"unknown --cache {mode!r}; allowed: {', '.join(CACHE_MODES)}")
     if not cache_gb >= 0:
-        raise ValueError(f"--cache-gb must be a number >= 0, got {cache_gb!r}")
+        raise UsageError(f"--cache-gb must be a number >= 0, got {cache_gb!r}")
     gb = decoded_bytes(n, chans, size) / 1e9
     what = f"the decoded {split} split is {gb:.2f} GB at {size} px"
     if mode == "disk":
@@ -198,7 +199,7 @@ class BadImages:
 
     def __init__(self, max_bad: int = 10, warn: Callable[[str], None] | None = None):
         if not (isinstance(max_bad, int) and max_bad >= 0):
-            raise ValueError(f"max_bad must be an integer >= 0, got {max_bad!r}")
+            raise UsageError(f"max_bad must be an integer >= 0, got {max_bad!r}")
         self.max_bad = max_bad
         self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
         self.paths: dict[str, None] = {}  # insertion-ordered set: a file is met again every epoch
@@ -212,7 +213,7 @@ class BadImages:
                 self.paths[p] = None
                 self.warn(f"warning: skipping unreadable image {p}")
         if len(self.paths) > self.max_bad:
-            raise ValueError(f"too many unreadable images ({len(self.paths)} so far, e.g. "
+            raise UsageError(f"too many unreadable images ({len(self.paths)} so far, e.g. "
                              f"{', '.join(list(self.paths)[:3])}); fix or remove them")
 
     def summary(self) -> str | None:
@@ -278,7 +279,7 @@ def make_loader(ds: Dataset, *, batch_size: int, shuffle: bool, drop_last: bool,
     and a resumed run draws exactly what an uninterrupted one would. Workers are kept between
     epochs unless ``persistent`` is False."""
     if not (isinstance(seed, int) and seed >= 0):
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        raise UsageError(f"seed must be an integer >= 0, got {seed!r}")
     sampler = _EpochIndices(DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
                                                drop_last=drop_last), len(ds))
     return DataLoader(_SeededSamples(ds, seed), batch_size=batch_size, sampler=sampler, drop_last=drop_last,

@@ -21,6 +21,7 @@ from archbench.train.batches import LoaderBatches, MemoryBatches
 from archbench.train.data import Dataset, Folder, Split, _finish
 from archbench.train.dist import Dist
 from archbench.train.recipe import Recipe
+from archbench.errors import UsageError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -37,11 +38,11 @@ class Inputs:
         from archbench.train.folder import CACHE_MODES
 
         if self.cache not in CACHE_MODES:
-            raise ValueError(f"unknown --cache {self.cache!r}; allowed: {', '.join(CACHE_MODES)}")
+            raise UsageError(f"unknown --cache {self.cache!r}; allowed: {', '.join(CACHE_MODES)}")
         if not self.cache_gb >= 0:
-            raise ValueError(f"--cache-gb must be >= 0, got {self.cache_gb!r}")
+            raise UsageError(f"--cache-gb must be >= 0, got {self.cache_gb!r}")
         if not (isinstance(self.workers, int) and self.workers >= 0):
-            raise ValueError(f"--workers must be an integer >= 0, got {self.workers!r}")
+            raise UsageError(f"--workers must be an integer >= 0, got {self.workers!r}")
 
 
 def transforms(recipe: Recipe, img_size: tuple[int, int], mean, std) -> tuple[Callable, Callable]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+from archbench.errors import UsageError
 
 TRANSFORMS = ("tensor", "timm")  # tensor: batched pad-crop/flip in memory; timm: create_transform per image
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -57,33 +58,33 @@ class Recipe:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise UsageError(f"{name} must be a positive integer, got {v!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            raise UsageError(f"lr must be > 0, got {self.lr!r}")
         for name in ("weight_decay", "warmup_epochs", "clip_grad", "warmup_lr", "min_lr", "mixup", "cutmix",
                      "color_jitter", "lr_base_batch"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("reprob", "mixup_prob", "mixup_switch_prob"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+                raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+            raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+            raise UsageError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
+            raise UsageError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
         if self.drop_path is not None and not 0 <= self.drop_path < 1:
-            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
+            raise UsageError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
         if self.transform not in TRANSFORMS:
-            raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {self.transform!r}")
+            raise UsageError(f"transform must be one of {', '.join(TRANSFORMS)}, got {self.transform!r}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+            raise UsageError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         if self.rand_augment and not self.rand_augment.startswith("rand-"):
-            raise ValueError(f"rand_augment takes a timm RandAugment string like rand-m9-mstd0.5-inc1, "
+            raise UsageError(f"rand_augment takes a timm RandAugment string like rand-m9-mstd0.5-inc1, "
                              f"got {self.rand_augment!r}")
         if self.transform == "tensor" and (self.rand_augment or self.reprob or self.color_jitter):
-            raise ValueError("rand_augment, reprob and color_jitter need transform=timm (the per-image "
+            raise UsageError("rand_augment, reprob and color_jitter need transform=timm (the per-image "
                              "transforms); the tensor transform only crops and flips")
 
     # --- derived quantities -----------------------------------------------------------------
@@ -137,11 +138,11 @@ PRESETS: dict[str, Recipe] = {
 def recipe(name: str = "small", **overrides: Any) -> Recipe:
     """A preset with some fields changed (``None`` values are ignored), checked."""
     if name not in PRESETS:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(PRESETS)}")
+        raise UsageError(f"unknown recipe {name!r}; known: {', '.join(PRESETS)}")
     known = {f.name for f in fields(Recipe)}
     bad = sorted(set(overrides) - known)
     if bad:
-        raise ValueError(f"unknown recipe field {bad[0]!r}; known: {', '.join(sorted(known))}")
+        raise UsageError(f"unknown recipe field {bad[0]!r}; known: {', '.join(sorted(known))}")
     r = replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
     r.check()
     return r

@@ -6,6 +6,7 @@ from torch import nn
 
 from archbench.layers.layout import Layout
 from archbench.registry import FFNS
+from archbench.errors import UsageError
 
 
 class MultiScaleDWConv(nn.Module):
@@ -45,9 +46,9 @@ class MSFFN(nn.Module):
     @staticmethod
     def check(dim: int, hidden: int, kernels: tuple[int, ...] = (1, 3, 5, 7)) -> None:
         if not kernels or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
-            raise ValueError(f"msffn: kernels={kernels!r} must be odd positive integers")
+            raise UsageError(f"msffn: kernels={kernels!r} must be odd positive integers")
         if hidden < len(kernels):
-            raise ValueError(f"msffn: hidden width {hidden} is narrower than its {len(kernels)} kernel groups; "
+            raise UsageError(f"msffn: hidden width {hidden} is narrower than its {len(kernels)} kernel groups; "
                              "raise dim or mlp_ratio")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from torch import nn
 
 from archbench.layers.layout import Layout
 from archbench.registry import MIXERS
+from archbench.errors import UsageError
 
 
 @MIXERS.register("cross-attn")
@@ -44,9 +45,9 @@ class CrossAttention(nn.Module):
     @staticmethod
     def check(dim: int, heads: int, grid, scale: int = 2, **_) -> None:
         if dim % heads:
-            raise ValueError(f"cross-attn: heads={heads} does not divide dim={dim}")
+            raise UsageError(f"cross-attn: heads={heads} does not divide dim={dim}")
         if scale < 1:
-            raise ValueError(f"cross-attn: scale={scale} must be >= 1 (the pooling of keys/values)")
+            raise UsageError(f"cross-attn: scale={scale} must be >= 1 (the pooling of keys/values)")
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, N, C = t.shape

@@ -10,6 +10,7 @@ from torch import nn
 
 from archbench.layers.layout import Layout
 from archbench.registry import MIXERS
+from archbench.errors import UsageError
 
 
 def conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1,
@@ -119,16 +120,16 @@ class DMixer(nn.Module):
     def check(dim: int, heads: int, grid, kernel: int = 7, groups: int = 2, sr_ratio: int = 1,
               reduction: int = 8, rel_pos: bool = True) -> None:
         if dim % 2 or dim < 8:
-            raise ValueError(f"dmixer: dim={dim} must be even and >= 8 (it is split in half, and IDConv "
+            raise UsageError(f"dmixer: dim={dim} must be even and >= 8 (it is split in half, and IDConv "
                              "squeezes a half by 4)")
         if (dim // 2) % heads:
-            raise ValueError(f"dmixer: heads={heads} must divide dim/2={dim // 2} (OSRA runs on half the channels)")
+            raise UsageError(f"dmixer: heads={heads} must divide dim/2={dim // 2} (OSRA runs on half the channels)")
         if groups < 2:
-            raise ValueError(f"dmixer: groups={groups} must be >= 2 (IDConv mixes G kernels)")
+            raise UsageError(f"dmixer: groups={groups} must be >= 2 (IDConv mixes G kernels)")
         if kernel < 1 or kernel % 2 == 0:
-            raise ValueError(f"dmixer: kernel={kernel} must be odd")
+            raise UsageError(f"dmixer: kernel={kernel} must be odd")
         if sr_ratio < 1 or reduction < 1:
-            raise ValueError(f"dmixer: sr_ratio={sr_ratio} and reduction={reduction} must be >= 1")
+            raise UsageError(f"dmixer: sr_ratio={sr_ratio} and reduction={reduction} must be >= 1")
 
     def tie_to(self, first: "DMixer") -> None:
         """Share the stage's one relative position bias (TransXNet keeps one per stage)."""

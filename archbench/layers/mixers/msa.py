@@ -7,6 +7,7 @@ from torch import nn
 
 from archbench.layers.layout import Layout
 from archbench.registry import MIXERS
+from archbench.errors import UsageError
 
 
 @MIXERS.register("msa")
@@ -31,7 +32,7 @@ class Attention(nn.Module):
     @staticmethod
     def check(dim: int, heads: int, grid, **options) -> None:
         if dim % heads:
-            raise ValueError(f"msa: heads={heads} does not divide dim={dim}")
+            raise UsageError(f"msa: heads={heads} does not divide dim={dim}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape

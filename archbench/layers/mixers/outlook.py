@@ -9,6 +9,7 @@ from torch import nn
 
 from archbench.layers.layout import Layout
 from archbench.registry import MIXERS
+from archbench.errors import UsageError
 
 
 @MIXERS.register("outlook")
@@ -38,15 +39,15 @@ class OutlookAttention(nn.Module):
     @staticmethod
     def check(dim: int, heads: int, grid, kernel: int = 3, padding: int = 1, stride: int = 2, **_) -> None:
         if dim % heads:
-            raise ValueError(f"outlook: heads={heads} does not divide dim={dim}")
+            raise UsageError(f"outlook: heads={heads} does not divide dim={dim}")
         if kernel < 1 or kernel % 2 == 0:
-            raise ValueError(f"outlook: kernel={kernel} must be odd and >= 1")
+            raise UsageError(f"outlook: kernel={kernel} must be odd and >= 1")
         if stride < 1 or padding < 0 or padding > kernel // 2:
-            raise ValueError(f"outlook: stride={stride} must be >= 1 and padding={padding} in [0, kernel//2]")
+            raise UsageError(f"outlook: stride={stride} must be >= 1 and padding={padding} in [0, kernel//2]")
         H, W = grid
         for n in (H, W):
             if (n + 2 * padding - kernel) // stride + 1 != math.ceil(n / stride):
-                raise ValueError(f"outlook: kernel={kernel}, padding={padding}, stride={stride} do not tile "
+                raise UsageError(f"outlook: kernel={kernel}, padding={padding}, stride={stride} do not tile "
                                  f"a {H}x{W} grid; use padding=kernel//2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

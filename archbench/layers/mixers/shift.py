@@ -8,6 +8,7 @@ from torch import nn
 
 from archbench.layers.layout import Layout
 from archbench.registry import MIXERS
+from archbench.errors import UsageError
 
 
 def shift_groups(dim: int, ratio: float) -> int:
@@ -40,13 +41,13 @@ class Shift(nn.Module):
     @staticmethod
     def check(dim: int, heads: int, grid, ratio: float = 1 / 12) -> None:
         if not 0 < ratio <= 0.25:
-            raise ValueError(f"shift: ratio={ratio!r} must be in (0, 1/4] (the fraction of channels "
+            raise UsageError(f"shift: ratio={ratio!r} must be in (0, 1/4] (the fraction of channels "
                              "moved in each of the four directions)")
         if shift_groups(dim, ratio) < 1:
             smallest = math.ceil((1 - 1e-6) / ratio)  # the smallest dim with floor(dim·ratio + 1e-6) >= 1
             while shift_groups(smallest, ratio) < 1:  # guard against float rounding in the division
                 smallest += 1
-            raise ValueError(f"shift: ratio={ratio:.4g} of dim={dim} moves no channel; use dim >= "
+            raise UsageError(f"shift: ratio={ratio:.4g} of dim={dim} moves no channel; use dim >= "
                              f"{smallest} or a ratio >= {1 / dim:.4g}")
 
     def extra_repr(self) -> str:
