@@ -45,12 +45,12 @@ def _search_worker(space_path: str, storage: str, study_name: str, total: int, r
     import optuna
 
     from archbench.search.space import load_space
-    from archbench.search.study import make_objective, open_study
+    from archbench.search.study import TRIAL_FAILURES, make_objective, open_study
 
     space = load_space(space_path)
     study = open_study(space, storage, study_name)
     # n_trials bounds this worker; the callback stops it once the study as a whole has enough
-    study.optimize(make_objective(space, device=device, checkpoints=checkpoints), n_trials=remaining, timeout=timeout, catch=(RuntimeError,),
+    study.optimize(make_objective(space, device=device, checkpoints=checkpoints), n_trials=remaining, timeout=timeout, catch=TRIAL_FAILURES,
                    callbacks=[optuna.study.MaxTrialsCallback(
                        total, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))])
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import torch
 
 from archbench.search.space import SearchSpace, apply, space_inputs, space_recipe
 from archbench.errors import UsageError
@@ -155,12 +156,18 @@ def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return out
 
 
+class TrialFailed(RuntimeError):
+    """A trial's training failed as training can (the loss diverged): recorded, the study goes on."""
+
+
+# what a trial may meet and the study survives; anything else is a bug and stops the search
+TRIAL_FAILURES = (TrialFailed, torch.cuda.OutOfMemoryError)
+
+
 def make_objective(space: SearchSpace, *, device: str = "cpu", on_trial: Callable[[int, str], None] | None = None,
                    checkpoints: str | None = None) -> Callable[[optuna.Trial], Any]:
     """The trial function. ``checkpoints``: a root folder where each configuration's run keeps
     its checkpoint, so a trial killed mid-run and retried resumes instead of starting over."""
-    import torch
-
     from archbench.builder import build_model, make_spec
     from archbench.measure import count_macs, count_params
     from archbench.measure.speed import PeakRSS
@@ -250,7 +257,7 @@ def make_objective(space: SearchSpace, *, device: str = "cpu", on_trial: Callabl
                                                                "threads") if k in row})
         if row["status"] != "ok":
             trial.set_user_attr("reason", row["error"])
-            raise RuntimeError(row["error"])
+            raise TrialFailed(row["error"])
         for k in ("top1", "top5", "throughput", "train_throughput", "train_seconds"):
             trial.set_user_attr(k, row[k])
         trial.set_user_attr("history", [{k: e[k] for k in ("epoch", "loss", "top1", "top5")} for e in row["history"]])
