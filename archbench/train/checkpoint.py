@@ -32,7 +32,7 @@ class Checkpointer:
         """Fail before any training if the folder cannot hold checkpoints."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            probe = self.folder / ".write-test"
+            probe = self.folder / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
