@@ -118,3 +118,20 @@ def write_report(path: str | Path, title: str, command: str, notes: list[str], r
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Fail before any work (one line, :class:`UsageError`) when ``folder`` cannot take files,
+    so no result is lost after the compute was spent. The probe is per process: ranks probe at once."""
+    import os
+
+    from archbench.errors import UsageError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".archbench-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{what}: cannot write to {str(folder)!r}: {e.strerror}") from None

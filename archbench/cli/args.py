@@ -3,7 +3,6 @@ turn parsed flags into a spec, a recipe and a dataset."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -11,6 +10,7 @@ from typing import Any, Callable
 import yaml
 
 from archbench.errors import UsageError
+from archbench.results import check_writable
 
 def _value(text: str) -> Any:
     """A flag value: YAML scalars/lists (``0.1``, ``true``, ``[1, 3]``) and fractions (``1/12``)."""
@@ -261,17 +261,6 @@ def recipe_from_args(args, base: dict[str, Any] | None = None):
     r = recipe(args.recipe, **fields)
     args.epochs = r.epochs
     return r
-
-
-def check_writable(folder: Path, flag: str) -> None:
-    """Fail before any work when results could not be written to ``folder``."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".archbench-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"{flag}: cannot write to {str(folder)!r}: {e.strerror}") from None
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:

@@ -5,10 +5,11 @@ import json
 import sys
 from pathlib import Path
 
-from archbench.cli.args import (_device, add_model_args, add_train_args, check_writable, data_into_args,
+from archbench.cli.args import (_device, add_model_args, add_train_args, data_into_args,
                                 inputs_from_args, recipe_from_args, spec_from_args)
 from archbench.cli.console import _console, _fmt
 from archbench.errors import UsageError
+from archbench.results import check_writable
 
 
 def add_parser(sub, default_device: str) -> None:

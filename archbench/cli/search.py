@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from archbench.cli.args import _device, check_writable
+from archbench.cli.args import _device
 from archbench.cli.console import _console, _fmt
 from archbench.errors import UsageError
+from archbench.results import check_writable
 
 
 def add_parser(sub, default_device: str) -> None:

@@ -93,15 +93,14 @@ class MemoryBatches:
             if self.augment:
                 ahead = [t if t is None else t.to(self.device) for t in
                          draw_offsets(n, crop_pad(*self.train_x.shape[-2:]), self.data.flip, gen)]
-        for i in range(self.steps_per_epoch):
-            glob = slice(i * B, (i + 1) * B)
+        for i in range(self.steps_per_epoch):  # every step has a whole global batch of B
             mine = slice(i * B + r * b, i * B + (r + 1) * b)
             idx = perm[mine]
             xb, yb = self.train_x[idx].to(self.device), self.train_y[idx].to(self.device)
             xb = _normalise(xb, self.mean, self.std)
             if self.augment:
                 if ahead is None:  # drawn for the whole global batch, so every rank stays in step
-                    ahead_g = draw_offsets(len(perm[glob]), crop_pad(*xb.shape[-2:]), self.data.flip, gen)
+                    ahead_g = draw_offsets(B, crop_pad(*xb.shape[-2:]), self.data.flip, gen)
                     offs = tuple(t if t is None else t[r * b:(r + 1) * b] for t in ahead_g)
                 else:
                     offs = tuple(t if t is None else t[mine] for t in ahead)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from archbench.results import check_writable
 from archbench.errors import UsageError
 
 
@@ -30,13 +32,7 @@ class Checkpointer:
 
     def check_writable(self) -> None:
         """Fail before any training if the folder cannot hold checkpoints."""
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            probe = self.folder / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise UsageError(f"--checkpoint-dir {str(self.folder)!r} is not writable: {e.strerror}") from None
+        check_writable(self.folder, "--checkpoint-dir")
 
     def _check_identity(self, found: dict[str, Any], what: str) -> None:
         if found == self.identity:
