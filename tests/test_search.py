@@ -21,7 +21,7 @@ def test_tiny_space_runs_4_trials_quickly_and_resumes(tmp_path, capsys):
     argv = ["search", str(SPACES / "tiny.yaml"), "--trials", "4", "--results-dir", str(tmp_path), "--json"]
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert first["complete"] + first["pruned"] == 4
+    assert first["distinct"] == 4
     # seconds per trial: the trials' own time, not process start-up (the whole command takes
     # about 35 s alone on the 2-core machine; CI runs tests two at a time on those 2 cores)
     trials = _study_trials(tmp_path)
@@ -33,7 +33,20 @@ def test_tiny_space_runs_4_trials_quickly_and_resumes(tmp_path, capsys):
     assert again["trials"] == first["trials"]
     assert main(argv[:3] + ["6"] + argv[4:]) == 0
     more = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert more["complete"] + more["pruned"] == 6
+    assert more["distinct"] == 6
+    _assert_trained_once(_study_trials(tmp_path))  # the resumed study drew no configuration again
+
+
+def _assert_trained_once(trials):
+    """No configuration trained (or pruned) twice: every trial holding a result has its own key."""
+    from archbench.search import claims
+
+    keys = [claims.key_of(t) for t in trials if claims.holds_slot(t)]
+    assert len(keys) == len(set(keys)), keys
+    for t in trials:  # and every other finished trial points at the one it reused
+        if t.state.name in ("COMPLETE", "PRUNED") and not claims.holds_slot(t):
+            assert claims.REUSED in t.user_attrs
+    return len(keys)
 
 
 def _space(tmp_path, text):
@@ -89,6 +102,13 @@ def test_plot_holds_the_trained_trials(tmp_path, capsys):
     ("name: x\nparams:\n  mixer: {choices: []}\n", "choices must be a non-empty list"),
     ("name: x\nparams:\n  mixer: {choices: [shift]}\nobjectives: [accuracy]\n", "objectives ['accuracy']"),
     ("name: x\nbase: {mixer: shfit}\nparams:\n  mlp_ratio: {low: 1.0, high: 2.0}\n", "unknown token mixer 'shfit'"),
+    # a typo among the choices is refused at load, not met as pruned trials counted toward --trials
+    ("name: x\nparams:\n  mixer: {choices: [shift, transformer]}\n",
+     "parameter 'mixer', value 'transformer': unknown token mixer 'transformer'"),
+    ("name: x\nparams:\n  ffn: {choices: [mlp, msfn]}\n", "did you mean 'msffn'?"),
+    ("name: x\nparams:\n  mixer_options.gama: {choices: [0.1]}\n", "msa has no option 'gama'; allowed: attn_drop"),
+    ("name: x\nparams:\n  mixer: {choices: [shift]}\nrecipe: {learning_rate: 0.1}\n",
+     "unknown recipe field 'learning_rate'; known: augment"),
 ])
 def test_bad_spaces_are_one_line_exit_2(tmp_path, capsys, text, needle):
     path = tmp_path / "s.yaml"
@@ -97,6 +117,19 @@ def test_bad_spaces_are_one_line_exit_2(tmp_path, capsys, text, needle):
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*.db"))  # no half-created study
+
+
+def test_plot_refuses_a_missing_overlay_and_keeps_dots_in_its_stem(tmp_path, capsys):
+    assert main(["search", str(SPACES / "tiny.yaml"), "--trials", "1", "--results-dir", str(tmp_path), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["plot", "tiny", "--results-dir", str(tmp_path), "--overlay", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "--overlay" in err and "missing" in err and len(err.strip().splitlines()) == 1
+    assert main(["plot", "tiny", "--results-dir", str(tmp_path), "--out", str(tmp_path / "front.v2")]) == 0
+    assert (tmp_path / "front.v2.png").exists() and (tmp_path / "front.v2.svg").exists()
+    (tmp_path / "afile").write_text("")
+    assert main(["plot", "tiny", "--results-dir", str(tmp_path), "--out", str(tmp_path / "afile" / "p")]) == 2
+    assert main(["search", str(SPACES / "tiny.yaml"), "--trials", "1", "--results-dir", str(tmp_path / "afile")]) == 2
 
 
 def test_unreachable_storage_is_refused(tmp_path, capsys):
@@ -111,19 +144,57 @@ def _study_trials(tmp_path, name="tiny"):
     return study.get_trials(deepcopy=False)
 
 
-def test_two_workers_share_one_storage(tmp_path, capsys):
+def test_two_workers_train_no_configuration_twice_and_stop_at_the_target(tmp_path, capsys):
     argv = ["search", str(SPACES / "tiny.yaml"), "--trials", "4", "--workers", "2", "--results-dir", str(tmp_path),
             "--json"]
     assert main(argv) == 0
     trials = _study_trials(tmp_path)
-    numbers = [t.number for t in trials]
-    assert len(numbers) == len(set(numbers))  # none duplicated
-    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert 4 <= len(finished) <= 5  # each worker stops once the study has 4; one may be mid-trial then
+    assert _assert_trained_once(trials) == 4  # exactly --trials configurations
     assert all(t.state.name != "RUNNING" for t in trials)
 
 
-def test_a_killed_study_resumes_with_its_completed_trials(tmp_path):
+def test_a_space_smaller_than_trials_reuses_results_and_says_it_is_exhausted(tmp_path, capsys):
+    path = _space(tmp_path, """
+        name: three
+        base: {mixer: shift, ffn: mlp, dims: 16, depths: 1, img_size: 8}
+        params:
+          mlp_ratio: {choices: [1.0, 2.0, 3.0]}
+        dataset: {name: digits, limit_train: 200, limit_test: 100}
+        recipe: {epochs: 1, batch_size: 100}
+        sampler: {name: random, seed: 0}
+        """)
+    assert main(["search", str(path), "--trials", "5", "--results-dir", str(tmp_path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["distinct"] == summary["space_size"] == 3
+    assert "space exhausted: it holds 3 distinct configurations" in err
+    trials = _study_trials(tmp_path, "three")
+    assert _assert_trained_once(trials) == 3
+    # seed 0 of the random sampler draws a configuration twice before it has all three: reused, not retrained
+    import pandas as pd
+    df = pd.read_parquet(tmp_path / "three.parquet")
+    reused = df[df["reused_from"].notna()]
+    assert len(reused) == summary["reused"] >= 1
+    for _, r in reused.iterrows():
+        first = df[df["trial"] == r["reused_from"]].iloc[0]
+        assert r["config_key"] == first["config_key"] and r["top1"] == first["top1"] and not r["trained"]
+        assert r["reason"].startswith(f"same configuration as trial {int(r['reused_from'])}")
+
+
+def test_two_processes_starting_one_new_study_share_it(tmp_path):
+    """Both create the SQLite file at once (the creation race), then fill the study together."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "archbench", "search", str(SPACES / "tiny.yaml"), "--trials", "4",
+           "--results-dir", str(tmp_path), "--json"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    assert _assert_trained_once(_study_trials(tmp_path)) == 4
+
+
+def test_a_killed_search_leaves_no_worker_and_resumes_with_its_trials(tmp_path):
     import os
     import signal
     import subprocess
@@ -134,7 +205,7 @@ def test_a_killed_study_resumes_with_its_completed_trials(tmp_path):
     log = open(tmp_path / "search.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
-    done_before = []
+    done_before, running = [], []
     while time.time() < deadline:
         time.sleep(0.5)
         if not (tmp_path / "tiny.db").exists():
@@ -144,19 +215,40 @@ def test_a_killed_study_resumes_with_its_completed_trials(tmp_path):
         except Exception:  # noqa: BLE001 - the study may not exist yet
             continue
         done_before = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-        if len(done_before) >= 2 and any(t.state.name == "RUNNING" for t in trials):
+        running = [t for t in trials if t.state.name == "RUNNING" and "worker" in t.user_attrs]
+        if len(done_before) >= 2 and running:
             break
         if proc.poll() is not None:
             break
-    os.killpg(proc.pid, signal.SIGKILL)  # the search and its worker, mid-trial
+    assert len(done_before) >= 2 and running, (tmp_path / "search.log").read_text()[-2000:]
+    worker = int(running[0].user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(proc.pid, signal.SIGKILL)  # the command only, mid-trial: its worker must not train on unowned
     proc.wait()
     log.close()
-    assert len(done_before) >= 2, (tmp_path / "search.log").read_text()[-2000:]
+    gone = time.time() + 10
+    while time.time() < gone and _alive(worker):
+        time.sleep(0.2)
+    assert not _alive(worker), f"worker {worker} outlived its killed parent"
     kept = {t.number: (t.state.name, t.values) for t in done_before}
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     after = _study_trials(tmp_path)
     assert {t.number: (t.state.name, t.values) for t in after if t.number in kept} == kept  # all kept
-    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after) == 6
+    assert _assert_trained_once(after) == 6
+    killed = next(t for t in after if t.number == running[0].number)
+    assert killed.state.name == "FAIL"
+    import optuna
+    from archbench.search.report import trials_table
+    df = trials_table(optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}"))
+    assert "stopped mid-trial" in df.set_index("trial").loc[killed.number, "reason"]
+
+
+def _alive(pid: int) -> bool:
+    """In the process table and not a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture
@@ -201,8 +293,8 @@ def test_two_workers_on_a_postgresql_storage(tmp_path, capsys, postgres_url):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     import optuna
     trials = optuna.load_study(study_name="tiny", storage=postgres_url).get_trials(deepcopy=False)
-    assert len({t.number for t in trials}) == len(trials) == out["trials"]
-    assert 4 <= sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) <= 5
+    assert len({t.number for t in trials}) == len(trials)
+    assert _assert_trained_once(trials) == out["distinct"] == 4
     assert all(t.state.name != "RUNNING" for t in trials)
     # the same command resumes from the server: nothing new
     assert main(argv) == 0

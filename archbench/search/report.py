@@ -14,14 +14,36 @@ AXES = {"top1": ("top-1 accuracy (%)", "maximize"), "top5": ("top-5 accuracy (%)
         "latency": ("latency per image (ms)", "minimize")}
 
 
+def _reason(t: optuna.trial.FrozenTrial) -> str | None:
+    ua = t.user_attrs
+    if ua.get("reason"):
+        return ua["reason"]
+    if t.system_attrs.get("fail_reason"):  # an exception Optuna caught (e.g. CUDA out of memory)
+        return str(t.system_attrs["fail_reason"]).splitlines()[0][:300]
+    if t.state == optuna.trial.TrialState.FAIL:  # failed by the heartbeat check: its process stopped
+        who = f" ({ua['worker']})" if ua.get("worker") else ""
+        return f"its worker process{who} stopped mid-trial (killed or crashed): no heartbeat"
+    if t.state == optuna.trial.TrialState.RUNNING:
+        return "running"
+    return None
+
+
 def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial; the surplus trials of racing workers (untrained, see
+    :mod:`archbench.search.claims`) are left out."""
+    from archbench.search import claims
+
     rows = []
     for t in study.get_trials(deepcopy=False):
         ua = t.user_attrs
+        if ua.get(claims.SURPLUS):
+            continue
         spec = json.loads(ua["spec"]) if "spec" in ua else None
         rows.append({
-            "study": study.study_name, "trial": t.number, "state": t.state.name, "reason": ua.get("reason"),
-            "trained": ua.get("trained", False), "values": list(t.values) if t.values else None,
+            "study": study.study_name, "trial": t.number, "state": t.state.name, "reason": _reason(t),
+            "trained": ua.get("trained", False) and claims.REUSED not in ua,
+            "reused_from": ua.get(claims.REUSED), "config_key": claims.key_of(t),
+            "values": list(t.values) if t.values else None,
             **{f"param_{k}": v for k, v in t.params.items()},
             "mixer": "+".join(dict.fromkeys(s["mixer"] for s in spec["stages"])) if spec else None,
             "ffn": "+".join(dict.fromkeys(s["ffn"] for s in spec["stages"])) if spec else None,
@@ -95,8 +117,9 @@ def plot_pareto(df: pd.DataFrame, x: str, y: str, out: str | Path, title: str = 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"))
-    fig.savefig(out.with_suffix(".svg"))
+    png, svg = out.parent / f"{out.name}.png", out.parent / f"{out.name}.svg"  # the stem keeps its dots
+    fig.savefig(png)
+    fig.savefig(svg)
     plt.close(fig)
     return {"x": ok["_x"].tolist(), "y": ok["_y"].tolist(), "trials": ok["trial"].tolist(),
-            "front": front["trial"].tolist()}
+            "front": front["trial"].tolist(), "png": str(png), "svg": str(svg)}

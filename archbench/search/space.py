@@ -188,14 +188,34 @@ def check_base(space: SearchSpace) -> None:
     from archbench.builder import make_spec
 
     try:
-        make_spec(**space.base)
+        base_spec = make_spec(**space.base)
     except (TypeError, ValueError) as e:
         raise UsageError(f"{space.source}: base: {e}") from None
+    check_names(space, base_spec)
     try:
         space_recipe(space)
         space_inputs(space)
     except ValueError as e:
         raise UsageError(f"{space.source}: {e}") from None
+
+
+# what a misspelt name (a part, a norm, an option) makes the spec say; other refusals (a patch
+# size that does not tile this image size...) may depend on the other values drawn with it
+NAME_ERROR = re.compile(r"unknown|has no option|must be one of|allowed:|known:")
+
+
+def check_names(space: SearchSpace, base_spec) -> None:
+    """Each value a parameter can take, put alone into the base, names things that exist:
+    a typo in ``choices`` is refused at load, not met as pruned trials counted toward --trials."""
+    from archbench.builder import make_spec
+
+    for p in space.params:
+        for value in (p.choices if p.kind == "categorical" else (p.low, p.high)):
+            try:
+                make_spec(**apply(space, {p.name: value}, base_spec))
+            except (TypeError, ValueError) as e:
+                if NAME_ERROR.search(str(e)):
+                    raise UsageError(f"{space.source}: parameter {p.name!r}, value {value!r}: {e}") from None
 
 
 def space_recipe(space: SearchSpace):

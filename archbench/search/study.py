@@ -6,7 +6,9 @@
   is recorded as infeasible with the objective's worst value and never trained; an invalid
   spec (e.g. a patch size that does not tile the image) fails with its reason, untrained;
 - storage defaults to SQLite under ``results/search/``; the same command resumes the study.
-  A heartbeat marks a trial whose process died as failed, and it is retried once.
+  A heartbeat marks a trial whose process died as failed, and it is retried once;
+- one configuration is trained once per study, whatever the workers, processes or resumes
+  (:mod:`archbench.search.claims`): a trial drawing a finished one reuses its result.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any, Callable
 import optuna
 import torch
 
+from archbench.search import claims
 from archbench.search.space import SearchSpace, apply, space_inputs, space_recipe
 from archbench.errors import UsageError
 
@@ -94,22 +97,54 @@ def default_storage(space: SearchSpace, results_dir: str | Path = "results/searc
 TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 
 
+def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Heartbeat hook for a trial whose process stopped (killed, machine lost): queue its
+    configuration once more, so it resumes from its checkpoint when there is one. Replaces
+    Optuna's deprecated ``RetryFailedTrialCallback``."""
+    retries = trial.user_attrs.get("retries", 0)
+    if retries < 1:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
+
+
+def quiet_optuna() -> None:
+    """Optuna's log lines and its experimental/deprecation notices about its own options say
+    nothing to a user of ours: errors only."""
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+
+
 def _storage(url: str):
     import inspect
 
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
 
+    quiet_optuna()
     hook = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
             in inspect.signature(RDBStorage.__init__).parameters else "failed_trial_callback")
-    try:
-        return RDBStorage(url, heartbeat_interval=10, grace_period=30,
-                          **{hook: RetryFailedTrialCallback(max_retry=1)})
-    except Exception as e:  # noqa: BLE001 - any connection failure is the user's URL
-        raise UsageError(f"cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    # SQLite serialises writers: wait for the lock (workers and processes share one file) rather
+    # than fail at sqlite3's 5 s default
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    last = None
+    for attempt in range(6):
+        try:
+            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=10, grace_period=30,
+                              **{hook: retry_once})
+        except Exception as e:  # noqa: BLE001 - a creation race is retried, any other failure is the URL's
+            last = e
+            if "already exists" not in str(e) and "locked" not in str(e):
+                break
+            # two processes creating one new database race on its tables: the loser retries
+            time.sleep(0.2 * (attempt + 1))
+    raise UsageError(f"cannot open storage {url!r}: {type(last).__name__}: {str(last).splitlines()[0][:200]}") from None
 
 
-def _sampler(space: SearchSpace):
-    seed = space.sampler.get("seed", 0)
+def _sampler(space: SearchSpace, offset: int = 0):
+    """The space's sampler; ``offset`` > 0 reseeds it (another worker, a resumed study), so that
+    it does not replay the draws the study already has."""
+    seed = space.sampler.get("seed", 0) + offset
     name = space.sampler["name"]
 
     def constraints(trial: optuna.trial.FrozenTrial):
@@ -132,16 +167,31 @@ def _pruner(space: SearchSpace):
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
 
 
-def open_study(space: SearchSpace, storage: str | None = None, study_name: str | None = None) -> optuna.Study:
-    import warnings
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Optuna's experimental/deprecation notices about its own options say nothing to a user
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-    return optuna.create_study(study_name=study_name or space.name, storage=_storage(storage or default_storage(space)),
-                               sampler=_sampler(space), pruner=_pruner(space), directions=space.directions,
-                               load_if_exists=True)
+def open_study(space: SearchSpace, storage: str | None = None, study_name: str | None = None,
+               worker: int = 0) -> optuna.Study:
+    """Create or load the study (safe when several processes start it at once). The sampler is
+    seeded from the space, offset by ``worker`` and by the trials the study already holds."""
+    store = _storage(storage or default_storage(space))
+    name = study_name or space.name
+    for attempt in range(6):
+        try:
+            study = optuna.create_study(study_name=name, storage=store, sampler=_sampler(space),
+                                        pruner=_pruner(space), directions=space.directions, load_if_exists=True)
+            break
+        except optuna.exceptions.DuplicatedStudyError:  # created by a racing process between check and insert
+            time.sleep(0.2 * (attempt + 1))
+    else:
+        study = optuna.load_study(study_name=name, storage=store, sampler=_sampler(space), pruner=_pruner(space))
+    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
+                                  else optuna.study.StudyDirection.MINIMIZE for d in space.directions]:
+        raise UsageError(f"study {name!r} in {storage} has other objectives than {space.source}'s "
+                         f"{list(space.objectives)}; give another --study name")
+    if study.metric_names is None:
+        study.set_metric_names(list(space.objectives))
+    offset = 1009 * worker + len(study.get_trials(deepcopy=False))
+    if offset:
+        study.sampler = _sampler(space, offset)
+    return study
 
 
 def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
@@ -160,39 +210,90 @@ class TrialFailed(RuntimeError):
     """A trial's training failed as training can (the loss diverged): recorded, the study goes on."""
 
 
+class Surplus(RuntimeError):
+    """A trial asked for while racing workers filled the study: it ends untrained (FAIL, ``surplus``)."""
+
+
 # what a trial may meet and the study survives; anything else is a bug and stops the search
-TRIAL_FAILURES = (TrialFailed, torch.cuda.OutOfMemoryError)
+TRIAL_FAILURES = (TrialFailed, Surplus, torch.cuda.OutOfMemoryError)
 
 
-def make_objective(space: SearchSpace, *, device: str = "cpu", on_trial: Callable[[int, str], None] | None = None,
+def _claim(trial: optuna.Trial, key: str, target: int):
+    """Settle the trial's configuration (see :mod:`archbench.search.claims`); returns the objective
+    values to report when it reuses an earlier trial's result, None when it trains."""
+    d = claims.settle(trial.study, trial, key, target)
+    if d.action == "train":
+        return None
+    if d.action == "surplus":
+        trial.set_user_attr(claims.SURPLUS, True)
+        trial.set_user_attr("reason", f"not needed: the study already holds its {target} configurations")
+        raise Surplus(f"the study already holds its {target} configurations")
+    e = d.earlier
+    for k, v in e.user_attrs.items():
+        if k not in ("reason", "retry_of", "retries", "worker"):
+            trial.set_user_attr(k, v)
+    if TRIAL_CONSTRAINTS:  # the sampler reads feasibility from these
+        for k, v in e.system_attrs.items():
+            if k.startswith("constraints:"):
+                trial.set_constraint(k.split(":", 1)[1], v)
+    trial.set_user_attr(claims.REUSED, e.number)
+    note = f"same configuration as trial {e.number}"
+    trial.set_user_attr("reason", f"{note}: {e.user_attrs['reason']}" if e.user_attrs.get("reason") else note)
+    if e.state == optuna.trial.TrialState.PRUNED:
+        raise optuna.TrialPruned(trial.user_attrs["reason"])
+    if e.state == optuna.trial.TrialState.FAIL:
+        raise TrialFailed(trial.user_attrs["reason"])
+    return list(e.values) if len(e.values) > 1 else e.values[0]
+
+
+def resolve_space(space: SearchSpace):
+    """The space with its base completed from its dataset (image size, channels, classes), and
+    that base as a spec. Opens the dataset (image folders are only listed)."""
+    from archbench.builder import make_spec
+    from archbench.train.data import load_dataset
+    from archbench.train.run import DATASET_IMG_SIZE
+
+    ds = space.dataset
+    data = load_dataset(ds["name"], ds.get("data_dir"), ds.get("download", False))
+    base = {"img_size": DATASET_IMG_SIZE.get(ds["name"], data.native_size), "in_chans": data.in_chans,
+            "num_classes": data.num_classes, **space.base}
+    space = SearchSpace(**{**space.__dict__, "base": base})
+    return space, make_spec(**base)
+
+
+def make_objective(space: SearchSpace, *, device: str = "cpu", target: int = 1 << 30,
                    checkpoints: str | None = None) -> Callable[[optuna.Trial], Any]:
-    """The trial function. ``checkpoints``: a root folder where each configuration's run keeps
-    its checkpoint, so a trial killed mid-run and retried resumes instead of starting over."""
+    """The trial function. It trains a configuration only if no other trial of the study has
+    (reusing that one's result otherwise) and while the study holds fewer than ``target``
+    configurations. ``checkpoints``: a root folder where each configuration's run keeps its
+    checkpoint, so a trial killed mid-run and retried resumes instead of starting over."""
     from archbench.builder import build_model, make_spec
     from archbench.measure import count_macs, count_params
     from archbench.measure.speed import PeakRSS
-    from archbench.train.data import load_dataset
-    from archbench.train.run import DATASET_IMG_SIZE, run_experiment
+    from archbench.train.run import run_experiment
 
     ds = space.dataset
-    data = load_dataset(ds["name"], ds.get("data_dir"), ds.get("download", False))  # once per process
-    base = dict(space.base)
-    base.setdefault("img_size", DATASET_IMG_SIZE.get(ds["name"], data.native_size))
-    base.setdefault("in_chans", data.in_chans)
-    base.setdefault("num_classes", data.num_classes)
-    space = SearchSpace(**{**space.__dict__, "base": base})
-    base_spec = make_spec(**base)
+    space, base_spec = resolve_space(space)  # once per process
     recipe, inputs = space_recipe(space), space_inputs(space)
     seed = space.sampler.get("seed", 0)
     cons = space.constraints
 
     def objective(trial: optuna.Trial):
+        import os
+        import socket
+
         values = _suggest(trial, space)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
-            spec = make_spec(**apply(space, values, base_spec))
+            spec, invalid = make_spec(**apply(space, values, base_spec)), None
         except ValueError as e:
-            trial.set_user_attr("reason", f"invalid spec: {e}")
-            raise optuna.TrialPruned(f"invalid spec: {e}") from None
+            spec, invalid = None, str(e)
+        reused = _claim(trial, claims.config_key(spec and spec.to_json(), values), target)
+        if reused is not None:
+            return reused
+        if invalid is not None:
+            trial.set_user_attr("reason", f"invalid spec: {invalid}")
+            raise optuna.TrialPruned(f"invalid spec: {invalid}")
         model = build_model(spec)
         params = count_params(model).total
         shape = (1, spec.in_chans, *spec.img_size)
@@ -257,6 +358,7 @@ def make_objective(space: SearchSpace, *, device: str = "cpu", on_trial: Callabl
                                                                "threads") if k in row})
         if row["status"] != "ok":
             trial.set_user_attr("reason", row["error"])
+            trial.set_user_attr(claims.FAILED_IN_TRAINING, True)
             raise TrialFailed(row["error"])
         for k in ("top1", "top5", "throughput", "train_throughput", "train_seconds"):
             trial.set_user_attr(k, row[k])
