@@ -317,21 +317,6 @@ def test_unsatisfiable_constraints_are_refused_before_any_study(tmp_path, capsys
     assert not list(tmp_path.glob("*.db"))
 
 
-def test_best_top1_at_an_epoch_reads_finished_trials_only():
-    import optuna
-
-    from archbench.search import study as st
-
-    s = optuna.create_study(directions=["maximize", "minimize"])
-    t = s.ask()
-    t.set_user_attr("history", [{"epoch": 2, "top1": 90.0}])
-    s.tell(t, [90.0, 1.0])
-    assert st._best_top1_at(s, 2) == 90.0 and st._best_top1_at(s, 3) is None
-    running = s.ask()
-    running.set_user_attr("history", [{"epoch": 2, "top1": 99.0}])
-    assert st._best_top1_at(s, 2) == 90.0  # a running trial is not a reference yet
-
-
 def test_trials_keep_checkpoints_per_configuration(tmp_path, capsys):
     # --checkpoint-dir: one folder per trained configuration (a retried trial resumes there;
     # a configuration sampled again returns its finished row instead of training again)

@@ -11,6 +11,16 @@ from archbench.errors import UsageError
 from archbench.results import check_writable
 
 
+def _duration(text: str) -> float:
+    import argparse
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m or float(m[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration (e.g. 30m, 2h, 90s, 45)")
+    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+
+
 def add_parser(sub, default_device: str) -> None:
     se = sub.add_parser("search", help="an Optuna study over a search space (resumable)")
     se.add_argument("space", type=Path, help="search-space YAML (see search_spaces/README.md)")
@@ -22,7 +32,8 @@ def add_parser(sub, default_device: str) -> None:
     se.add_argument("--storage", help="Optuna storage URL (default: sqlite under results/search/)")
     se.add_argument("--study", help="study name (default: the space's name)")
     se.add_argument("--workers", type=int, default=1, help="processes sharing the storage")
-    se.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    se.add_argument("--time-budget", "--timeout", dest="timeout", type=_duration, metavar="DURATION",
+                    help="start no trial after this (e.g. 30m, 2h, 90s, or seconds); running trials finish")
     se.add_argument("--device", type=_device, default=default_device)
     se.add_argument("--results-dir", default="results/search")
     se.add_argument("--json", action="store_true")

@@ -53,6 +53,9 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "latency": 1e3 / ua["throughput"] if ua.get("throughput") else None,
             "train_seconds": ua.get("train_seconds"), "peak_mem_mb": ua.get("peak_mem_mb"),
             "history": json.dumps(ua.get("history")),
+            "rungs": json.dumps(ua.get("rungs")) if ua.get("rungs") else None,
+            "stopped_at": (ua.get("stopped") or {}).get("rung"),
+            "stopped_top1": (ua.get("stopped") or {}).get("top1"),
             "constraint": json.dumps(ua.get("constraint")), "spec": ua.get("spec"),
             "provenance": json.dumps(ua.get("provenance")),
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
@@ -107,6 +110,10 @@ def plot_pareto(df: pd.DataFrame, x: str, y: str, out: str | Path, title: str = 
     ax.plot(front["_x"], front["_y"], "k--", lw=1, label="Pareto front")
     for _, r in front.iterrows():
         ax.annotate(f"#{int(r['trial'])}", (r["_x"], r["_y"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    stopped = df[df["stopped_at"].notna()].dropna(subset=[x]) if "stopped_at" in df and y == "top1" else df[:0]
+    if len(stopped):  # stopped early: hollow, at the accuracy they had when stopped
+        ax.scatter(stopped[x] * scale.get(x, 1), stopped["stopped_top1"], facecolors="none", edgecolors="grey",
+                   marker="o", alpha=0.8, label="stopped early (top-1 then)")
     if overlay is not None and len(overlay):
         ax.scatter(overlay[x] * scale.get(x, 1), overlay[y] * scale.get(y, 1), marker="x", c="grey", label="overlay")
     ax.set_xlabel(AXES[x][0])
@@ -123,3 +130,29 @@ def plot_pareto(df: pd.DataFrame, x: str, y: str, out: str | Path, title: str = 
     plt.close(fig)
     return {"x": ok["_x"].tolist(), "y": ok["_y"].tolist(), "trials": ok["trial"].tolist(),
             "front": front["trial"].tolist(), "png": str(png), "svg": str(svg)}
+
+
+def hypervolume(points, reference) -> float:
+    """Area dominated by ``points`` (accuracy ↑, cost ↓ pairs) and bounded by ``reference``
+    (accuracy, cost): the exact two-objective hypervolume. Points beyond the reference add nothing."""
+    pts = sorted((c, a) for a, c in points if a > reference[0] and c < reference[1])
+    area, best = 0.0, reference[0]
+    # sweep from the cheapest: each point adds the strip its accuracy gains over the best cheaper one
+    for c, a in pts:
+        if a > best:
+            area += (a - best) * (reference[1] - c)
+            best = a
+    return area
+
+
+def hypervolume_history(df: pd.DataFrame, x: str, reference, y: str = "top1") -> pd.DataFrame:
+    """The front's hypervolume (``y`` ↑ against cost ``x`` ↓) after each trained trial completes,
+    against wall-clock seconds since the study's first trial started."""
+    done = df[(df["state"] == "COMPLETE") & df["trained"].astype(bool)].dropna(subset=[x, y])
+    start = pd.to_datetime(df["datetime_start"]).min()
+    done = done.assign(_t=(pd.to_datetime(done["datetime_complete"]) - start).dt.total_seconds()).sort_values("_t")
+    rows, pts = [], []
+    for _, r in done.iterrows():
+        pts.append((float(r[y]), float(r[x])))
+        rows.append({"seconds": r["_t"], "trial": int(r["trial"]), "hypervolume": hypervolume(pts, reference)})
+    return pd.DataFrame(rows, columns=["seconds", "trial", "hypervolume"])

@@ -99,6 +99,8 @@ class Outcome:
     pruned: int = 0
     failed: int = 0
     reused: int = 0
+    stopped_at: dict[int, int] = field(default_factory=dict)  # early-stopped trials per rung epoch
+    trials_per_hour: float | None = None
     space_size: int | None = None
     notes: list[str] = field(default_factory=list)
     worker_exit_codes: list[int] = field(default_factory=list)
@@ -114,6 +116,14 @@ def summarize(study: optuna.Study, storage: str, target: int, size: int | None) 
                   pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in own),
                   failed=sum(t.state == optuna.trial.TrialState.FAIL for t in own),
                   reused=sum(claims.REUSED in t.user_attrs for t in own), space_size=size)
+    for t in own:
+        if t.user_attrs.get("stopped") and claims.REUSED not in t.user_attrs:
+            rung = t.user_attrs["stopped"]["rung"]
+            out.stopped_at[rung] = out.stopped_at.get(rung, 0) + 1
+    spans = [(t.datetime_start, t.datetime_complete) for t in own if t.datetime_start and t.datetime_complete]
+    if spans:
+        hours = (max(e for _, e in spans) - min(s for s, _ in spans)).total_seconds() / 3600
+        out.trials_per_hour = len(spans) / hours if hours > 0 else None
     if out.distinct < target and size is not None and out.distinct >= size:
         out.notes.append(f"space exhausted: it holds {size} distinct configurations and all are done "
                          f"(asked for {target}); {out.reused} draws reused earlier results")

@@ -32,7 +32,7 @@ from archbench.errors import UsageError
 OBJECTIVES = {"top1": "maximize", "top5": "maximize", "throughput": "maximize", "gmacs": "minimize",
               "params": "minimize", "latency": "minimize"}
 SAMPLERS = ("tpe", "nsgaii", "random")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "hyperband", "pareto", "none")  # pareto: several objectives (search/halving.py)
 CONSTRAINTS = ("max_gmacs", "max_params", "min_throughput")
 TOP_KEYS = ("name", "base", "params", "constraints", "objectives", "dataset", "recipe", "sampler", "pruner")
 # shorthand keys a parameter may set (all stages, or one with [i]); plus option and spec-field paths
@@ -170,10 +170,33 @@ def parse_space(data: Any, src: str = "<space>", default_name: str = "study") ->
     sampler.setdefault("seed", 0)
     if sampler["name"] not in SAMPLERS:
         raise UsageError(f"{_where(src, data, 'sampler')}unknown sampler {sampler['name']!r}; allowed: {', '.join(SAMPLERS)}")
-    pruner = dict(data.get("pruner") or {"name": "median"})
-    pruner.setdefault("name", "median")
+    several = len(objectives) > 1
+    pruner = dict(data.get("pruner") or {})
+    # several objectives: Optuna's pruners refuse them; ours stops trials cheaper ones beat
+    pruner.setdefault("name", "pareto" if several and "top1" in objectives else "median" if not several else "none")
+    at = _where(src, data, "pruner")
     if pruner["name"] not in PRUNERS:
-        raise UsageError(f"{_where(src, data, 'pruner')}unknown pruner {pruner['name']!r}; allowed: {', '.join(PRUNERS)}")
+        raise UsageError(f"{at}unknown pruner {pruner['name']!r}; allowed: {', '.join(PRUNERS)}")
+    if several and pruner["name"] in ("median", "hyperband"):
+        raise UsageError(f"{at}pruner {pruner['name']!r} needs one objective (Optuna prunes no multi-objective "
+                         f"study); with {objectives} use pareto or none")
+    if pruner["name"] == "pareto":
+        from archbench.search.halving import COSTS
+
+        if not several or "top1" not in objectives or not any(
+                o in COSTS or o == "throughput" for o in objectives):
+            raise UsageError(f"{at}pruner pareto needs top1 and a cost objective (gmacs, params, latency or "
+                             f"throughput), got {objectives}")
+        unknown = set(pruner) - {"name", "eta", "rungs"}
+        if unknown:
+            raise UsageError(f"{at}pruner pareto: unknown key(s) {', '.join(sorted(unknown))}; allowed: eta, rungs")
+        eta = pruner.get("eta", 3)
+        if not isinstance(eta, int) or isinstance(eta, bool) or eta < 2:
+            raise UsageError(f"{at}pruner pareto: eta must be an integer >= 2, got {eta!r}")
+        rungs = pruner.get("rungs")
+        if rungs is not None and (not isinstance(rungs, list) or not rungs or any(
+                not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in rungs)):
+            raise UsageError(f"{at}pruner pareto: rungs must be a list of epochs >= 1, got {rungs!r}")
     dataset = dict(data.get("dataset") or {"name": "digits"})
     base = dict(data.get("base") or {})
     recipe = dict(data.get("recipe") or {})

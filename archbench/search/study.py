@@ -25,24 +25,6 @@ from archbench.search import claims
 from archbench.search.space import SearchSpace, apply, space_inputs, space_recipe
 from archbench.errors import UsageError
 
-# Optuna has no pruner for several objectives. Our early stop for them: from epoch
-# HOPELESS_AFTER on, a trial whose top-1 is more than HOPELESS_MARGIN points below the best
-# finished trial's top-1 at the same epoch is stopped (PRUNED, with the reason). A wide
-# margin, so only clearly dominated trials stop: a cheap model a little less accurate may
-# still be on the Pareto front.
-HOPELESS_AFTER = 2
-HOPELESS_MARGIN = 25.0
-
-
-def _best_top1_at(study: optuna.Study, epoch: int) -> float | None:
-    best = None
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        for e in t.user_attrs.get("history") or []:
-            if e["epoch"] == epoch and (best is None or e["top1"] > best):
-                best = e["top1"]
-    return best
-
-
 def check_satisfiable(space: SearchSpace, base_spec, samples: int = 48, seed: int = 0) -> None:
     """Refuse a budget that no sampled configuration meets, naming the closest one found.
 
@@ -160,7 +142,7 @@ def _sampler(space: SearchSpace, offset: int = 0):
 
 def _pruner(space: SearchSpace):
     name = space.pruner["name"]
-    if name == "none" or len(space.objectives) > 1:
+    if name in ("none", "pareto") or len(space.objectives) > 1:  # pareto: ours, in the objective (halving.py)
         return optuna.pruners.NopPruner()
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.recipe.get("epochs", 30))
@@ -261,6 +243,17 @@ def resolve_space(space: SearchSpace):
     return space, make_spec(**base)
 
 
+def halving_rule(space: SearchSpace):
+    """The space's Pareto-aware early stop, or None (its pruner is not ``pareto``)."""
+    from archbench.search.halving import COSTS, ParetoHalving, default_rungs
+
+    if space.pruner["name"] != "pareto":
+        return None
+    costs = tuple(("latency" if o == "throughput" else o) for o in space.objectives if o in COSTS or o == "throughput")
+    rungs = tuple(space.pruner.get("rungs") or default_rungs(space_recipe(space).epochs))
+    return ParetoHalving(tuple(dict.fromkeys(costs)), rungs, eta=space.pruner.get("eta", 3))
+
+
 def make_objective(space: SearchSpace, *, device: str = "cpu", target: int = 1 << 30,
                    checkpoints: str | None = None) -> Callable[[optuna.Trial], Any]:
     """The trial function. It trains a configuration only if no other trial of the study has
@@ -277,6 +270,7 @@ def make_objective(space: SearchSpace, *, device: str = "cpu", target: int = 1 <
     recipe, inputs = space_recipe(space), space_inputs(space)
     seed = space.sampler.get("seed", 0)
     cons = space.constraints
+    rule = halving_rule(space)
 
     def objective(trial: optuna.Trial):
         import os
@@ -332,14 +326,26 @@ def make_objective(space: SearchSpace, *, device: str = "cpu", target: int = 1 <
                     msg = f"pruned at epoch {epoch} with top-1 {m['top1']:.2f}"
                     trial.set_user_attr("reason", msg)
                     raise optuna.TrialPruned(msg)
-            elif "top1" in space.objectives and epoch >= HOPELESS_AFTER:
-                best = _best_top1_at(trial.study, epoch)
-                if best is not None and m["top1"] < best - HOPELESS_MARGIN:
-                    msg = (f"stopped as hopeless at epoch {epoch}: top-1 {m['top1']:.2f} is more than "
-                           f"{HOPELESS_MARGIN:g} points below the best finished trial's {best:.2f} then")
-                    trial.set_user_attr("reason", msg)
-                    raise optuna.TrialPruned(msg)
+            elif rule is not None and epoch in rule.rungs:
+                from archbench.search.halving import RUNGS, STOPPED
 
+                rungs = {**trial.user_attrs.get(RUNGS, {}), str(epoch): m["top1"]}
+                trial.set_user_attr(RUNGS, rungs)  # where the other trials read it
+                stop = rule.should_stop(trial.study.get_trials(deepcopy=False), trial.number, costs, epoch, m["top1"])
+                if stop is not None:
+                    trial.set_user_attr(STOPPED, {"rung": stop.rung, "top1": stop.top1, "rule": stop.rule,
+                                                  "compared": list(stop.compared)})
+                    trial.set_user_attr("reason", stop.reason)
+                    raise optuna.TrialPruned(stop.reason)
+
+        costs = {"gmacs": gmacs, "params": float(params)}
+        if rule is not None and "latency" in rule.costs:  # a cost the rule needs before training: measure it now
+            from archbench.measure.speed import measure_speed
+
+            speed = measure_speed(build_model(spec), (spec.in_chans, *spec.img_size), batch_size=recipe.eval_batch_size,
+                                  device=device, warmup=2, repeats=5, train=False)
+            costs["latency"] = 1e3 / speed.throughput  # ms per image, as the latency objective
+            trial.set_user_attr("latency", costs["latency"])
         t0 = time.perf_counter()
         cuda = device.startswith("cuda")
         if cuda:
