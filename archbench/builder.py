@@ -13,7 +13,7 @@ from torch import nn
 
 from archbench.grammar import load_parts
 from archbench.registry import MACROS, MIXERS
-from archbench.spec import ArchSpec, StageSpec, StemSpec
+from archbench.spec import ArchSpec, StageSpec, StemSpec, _pair
 from archbench.errors import UsageError
 
 HOME_MACRO = {"msa": "isotropic", "shift": "pyramid", "outlook": "two-stage",
@@ -80,10 +80,10 @@ def make_spec(**kw: Any) -> ArchSpec:
     mixers = _seq("mixer", kw.get("mixer")) or ("msa",)
     for m in mixers:
         MIXERS.get(m)
-    macro = kw.get("macro") or HOME_MACRO.get(mixers[0], "isotropic")
+    macro = HOME_MACRO.get(mixers[0], "isotropic") if kw.get("macro") is None else kw["macro"]
     MACROS.get(macro)
-    img = kw.get("img_size") or 224
-    img = (img, img) if isinstance(img, int) else tuple(img)
+    # a value given is kept, 0 included (validated with the spec); only None means "unset"
+    img = _pair(224 if kw.get("img_size") is None else kw["img_size"], "img_size")
     d_depths, d_dims, d_heads, d_ratio = DEFAULTS[macro]
     given = {k: _seq(k, kw.get(k)) for k in ("depths", "dims", "heads", "mlp_ratio", "ffn")}
     given["mixer"] = _seq("mixer", kw.get("mixer"))
@@ -100,7 +100,7 @@ def make_spec(**kw: Any) -> ArchSpec:
     ratios = _stretch("mlp_ratio", given["mlp_ratio"], (d_ratio,), n, False)
     mixer_l = _stretch("mixer", given["mixer"], ("msa",) if not given["mixer"] else mixers, n, False)
     ffn_l = _stretch("ffn", given["ffn"], ("mlp",), n, False)
-    patch = kw.get("patch_size") or _default_patch(macro, img)
+    patch = _default_patch(macro, img) if kw.get("patch_size") is None else kw["patch_size"]
 
     stages = []
     for i in range(n):
@@ -113,7 +113,7 @@ def make_spec(**kw: Any) -> ArchSpec:
                                 patch_size=(max(1, patch // 2) if i == 0 else patch) if macro == "two-branch" else 0))
     reads_cls = any(MIXERS.get(m).reads_prefix for m in mixer_l)
     base: dict[str, Any] = dict(macro=macro, stages=tuple(stages), img_size=img,
-                                in_chans=kw.get("in_chans") or 3,
+                                in_chans=3 if kw.get("in_chans") is None else kw["in_chans"],
                                 num_classes=1000 if kw.get("num_classes") is None else kw["num_classes"])
     if macro == "isotropic":
         base.update(stem=StemSpec("patch", patch), class_token=reads_cls, pool="token" if reads_cls else "avg",

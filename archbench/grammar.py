@@ -76,10 +76,35 @@ def _rate(where: str, value: Any) -> None:
         raise UsageError(f"{where} must be in [0, 1), got {value!r}")
 
 
+# what a scalar field's annotation allows, and how a message says it
+_KINDS = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+}  # names (str fields) are checked by their registries, which list the known ones
+
+
+def check_field_types(obj: Any, where: str = "") -> None:
+    """Every bool and number field of a spec dataclass holds its type: ``class_token=1.5`` or
+    ``pos_embed='maybe'`` is refused naming the field, the value and what is allowed (an int is
+    fine where a float is expected; a bool is never taken for a number)."""
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        kind = _KINDS.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        value = getattr(obj, f.name)
+        if kind is not None and not kind[0](value):
+            raise UsageError(f"{where}{f.name} must be {kind[1]}, got {value!r}")
+
+
 def validate(spec: "ArchSpec") -> None:
     load_parts()
     from archbench.layers.norms import check_norm
 
+    check_field_types(spec)
+    check_field_types(spec.stem, "stem.")
+    for i, st in enumerate(spec.stages):
+        check_field_types(st, f"stage {i} ")
     macro = MACROS.get(spec.macro)
     if not spec.stages:
         raise UsageError("a spec needs at least one stage")

@@ -46,6 +46,16 @@ def _thaw(v: Any) -> Any:
     return v
 
 
+def _options(v: Any, name: str) -> Options:
+    """A part's options from a mapping (or ``(name, value)`` pairs); anything else is named."""
+    if v is None or isinstance(v, Options):
+        return v or Options()
+    if isinstance(v, Mapping) or (isinstance(v, (list, tuple))
+                                  and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in v)):
+        return Options(v)
+    raise UsageError(f"{name} must be a mapping of option names to values (e.g. {{ratio: 0.125}}), got {v!r}")
+
+
 def _pair(v: Any, name: str) -> tuple[int, int]:
     if isinstance(v, int) and not isinstance(v, bool):
         return (v, v)
@@ -105,8 +115,8 @@ class StageSpec(_Spec):
     patch_size: int = 0  # two-branch only: this branch's patch size (0 elsewhere)
 
     def __post_init__(self):
-        object.__setattr__(self, "mixer_options", Options(self.mixer_options or {}))
-        object.__setattr__(self, "ffn_options", Options(self.ffn_options or {}))
+        object.__setattr__(self, "mixer_options", _options(self.mixer_options, "mixer_options"))
+        object.__setattr__(self, "ffn_options", _options(self.ffn_options, "ffn_options"))
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,7 @@ class ArchSpec(_Spec):
         object.__setattr__(self, "stages", stages)
         object.__setattr__(self, "stem", stem)
         object.__setattr__(self, "img_size", _pair(self.img_size, "img_size"))
-        object.__setattr__(self, "options", Options(self.options or {}))
+        object.__setattr__(self, "options", _options(self.options, "options"))
         from archbench.grammar import validate  # late: the grammar imports the part registries
 
         validate(self)

@@ -26,17 +26,20 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 
 from archbench.ablate.plan import Ablation, Arm
-from archbench.results import append_rows, read_table
+from archbench.results import read_table, save_rows, table_path
+
+
+TABLE = "runs"  # every run's row: <out>/runs.parquet and .csv
 
 
 def table_stem(abl: Ablation) -> Path:
-    return Path(abl.out) / "runs"
+    return Path(abl.out) / TABLE
 
 
 def finished(abl: Ablation) -> set[tuple[str, int]]:
     """(run_key, seed) of the rows already in the table."""
     stem = table_stem(abl)
-    if not stem.with_suffix(".parquet").exists():
+    if not table_path(stem).exists():
         return set()
     df = read_table(stem)
     if "run_key" not in df:
@@ -51,7 +54,7 @@ def elsewhere(*abls: Ablation) -> dict[str, int]:
     import dataclasses
 
     stem = table_stem(abls[0])
-    if not stem.with_suffix(".parquet").exists():
+    if not table_path(stem).exists():
         return {}
     rows = set(zip(*[read_table(stem)[c] for c in ("run_key", "seed")]))
     out = {}
@@ -147,7 +150,7 @@ def run_jobs(abl: Ablation, todo: Iterable[tuple[Arm, int]], *, jobs: int = 1,
 
     def record(arm: Arm, seed: int, row: dict[str, Any]) -> None:
         row = _label_row(abl, arm, seed, row, sections.get(arm.key))
-        append_rows(stem, [row])
+        save_rows(stem, [row])  # a table that cannot be written keeps the row in a JSON file it names
         rows.append(row)
         if on_done:
             on_done(row)
@@ -208,7 +211,7 @@ def _devices(device: str) -> list[str]:
 def load_runs(abl: Ablation) -> pd.DataFrame:
     """This ablation's rows (matching run keys), the latest row per (arm, seed)."""
     stem = table_stem(abl)
-    if not stem.with_suffix(".parquet").exists():
+    if not table_path(stem).exists():
         return pd.DataFrame()
     df = read_table(stem)
     keys = {abl.run_key(a): a.id for a in abl.arms}

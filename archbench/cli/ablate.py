@@ -10,7 +10,7 @@ from typing import Any
 from archbench.ablate.budget import ADJUST, METRICS
 from archbench.ablate.plan import DESIGNS, GPU_NUMERICS, Ablation, Arm
 from archbench.ablate.runner import AutoSeeds
-from archbench.cli.args import (_device, add_model_args, add_parallel_args, add_train_args, data_into_args,
+from archbench.cli.args import (_count, _device, add_model_args, add_parallel_args, add_train_args, data_into_args,
                                 execution_from_args, recipe_from_args, shorthand_from_args, spec_from_args)
 from archbench.cli.console import _console
 from archbench.errors import UsageError
@@ -36,12 +36,13 @@ def add_parser(sub, default_device: str) -> None:
                    help="seeds per arm (paired across arms), or auto: add seeds, one per round, to each arm whose "
                         "paired interval is wider than --ci-width, from --min-seeds up to --max-seeds")
     add_auto_args(a, min_default="3")
-    a.add_argument("--seed-start", type=int, default=0)
+    a.add_argument("--seed-start", type=_count(0), default=0)
     a.add_argument("--conf", type=float, default=0.95, help="confidence level of the paired intervals")
     a.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
     a.add_argument("--device", type=_device, default=default_device)
     a.add_argument("--name", help="ablation name (default: the factor names)")
-    a.add_argument("--out", help="output folder (default: results/ablations/NAME)")
+    a.add_argument("--out", help="output folder: runs.parquet/.csv (every run), the arm table, plots "
+                                 "(default: results/ablations/NAME)")
     a.add_argument("--dry-run", action="store_true", help="build and match the arms, train nothing")
     a.add_argument("--json", action="store_true", help="print the arm table as JSON (last stdout line)")
     a.set_defaults(func=cmd_ablate)
@@ -98,9 +99,25 @@ def check_counts(seeds: int, jobs: int, tol: float | None = None) -> None:
         raise UsageError(f"--tol must be in (0, 1), got {tol}")
 
 
+def check_out(out: str, dry_run: bool, checkpoint_dir: str | None = None) -> None:
+    """An ablation's or study's output folder, the runs table in it and the checkpoint folder,
+    before anything is built or trained (a dry run writes nothing: not checked)."""
+    from archbench.ablate.runner import TABLE
+    from archbench.results import check_table, check_writable
+
+    if not out:
+        raise UsageError("--out '' names no folder; give the output folder (or leave --out out for the default)")
+    if not dry_run:
+        check_writable(out, "--out")
+        check_table(Path(out) / TABLE, "--out")
+        if checkpoint_dir:
+            check_writable(checkpoint_dir, "--checkpoint-dir")
+
+
 def cmd_ablate(args) -> int:
-    from archbench.ablate.factors import parse_vary
+    from archbench.ablate.factors import apply_changes, parse_vary
     from archbench.ablate.plan import make_arms
+    from archbench.measure.memory import check_fits
 
     seeds = seeds_option(args, min_default=3)
     auto = seeds if isinstance(seeds, AutoSeeds) else None
@@ -108,10 +125,16 @@ def cmd_ablate(args) -> int:
     if not 0 < args.conf < 1:
         raise UsageError(f"--conf must be in (0, 1), got {args.conf}")
     factors = [parse_vary(v) for v in args.vary]
+    if args.name is not None and not args.name.strip():
+        raise UsageError("--name '' is no name; give one, or leave --name out for the factor names")
+    name = args.name or "-".join(f.name.replace(".", "_") for f in factors)
+    out = f"results/ablations/{name}" if args.out is None else args.out
+    check_out(out, args.dry_run, args.checkpoint_dir)
     recipe = recipe_from_args(args)
     data = data_into_args(args)
     base: Any = spec_from_args(args) if (args.model or args.spec) else shorthand_from_args(args)
-    name = args.name or "-".join(f.name.replace(".", "_") for f in factors)
+    # the base arm (matched arms are near its budget) must fit before the arms are built and measured
+    check_fits(apply_changes(base, {f.name: f.values[0] for f in factors}), holds="train", device=args.device)
     console = _console()
     with console.status("building the arms" + (f", matching {args.match} by {args.adjust}" if args.match else "")):
         arms = make_arms(base, factors, design=args.design, match=args.match, adjust=args.adjust, tol=args.tol)
@@ -123,7 +146,7 @@ def cmd_ablate(args) -> int:
     execution = execution_from_args(args, recipe.batch_size)
     abl = Ablation(name=name, arms=arms, seeds=seed_list,
                    recipe=recipe, dataset=dataset_cfg(args), device=args.device,
-                   out=args.out or f"results/ablations/{name}", conf=args.conf,
+                   out=out, conf=args.conf,
                    command="archbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]), execution=execution)
     print_plan(console, abl, auto=auto)
     if args.dry_run:

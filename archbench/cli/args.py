@@ -42,7 +42,24 @@ def _img_size(text: str) -> int | tuple[int, int]:
     m = re.fullmatch(r"(\d+)(?:[x,](\d+))?", text.strip())
     if not m:
         raise argparse.ArgumentTypeError(f"--img-size takes N or HxW (e.g. 32 or 32x48), got {text!r}")
+    if int(m[1]) < 1 or (m[2] is not None and int(m[2]) < 1):  # 0 is a size, not "unset"
+        raise argparse.ArgumentTypeError(f"must be at least 1 pixel a side, got {text!r}")
     return int(m[1]) if m[2] is None else (int(m[1]), int(m[2]))
+
+
+def _count(minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (a count or a size; 0 is a value, never "unset"),
+    refused at parse time in one line naming the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its own messages
+    return parse
 
 
 def device_problem(text: str, *, present: bool = True) -> str | None:
@@ -107,10 +124,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dims", type=_ints("--dims"), help="width per stage, e.g. 96,192,384,768")
     g.add_argument("--heads", type=_ints("--heads"), help="attention heads per stage")
     g.add_argument("--mlp-ratio", type=_floats, help="FFN expansion, one or per stage")
-    g.add_argument("--patch-size", type=int, help="stem stride (patch size)")
+    g.add_argument("--patch-size", type=_count(1), help="stem stride (patch size)")
     g.add_argument("--img-size", type=_img_size, help="N or HxW")
-    g.add_argument("--in-chans", type=int)
-    g.add_argument("--num-classes", type=int)
+    g.add_argument("--in-chans", type=_count(1))
+    g.add_argument("--num-classes", type=_count(0), help="0: no head (the model returns pooled features)")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any other spec field, e.g. norm=batchnorm act=relu drop_path=0.1")
     g.add_argument("--mixer-opt", action="append", metavar="KEY=VALUE", help="token-mixer option, e.g. ratio=1/24")
@@ -226,11 +243,15 @@ def shorthand_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def model_from_args(args):
-    """(model, name) for the model flags: a zoo model keeps its name and preprocessing."""
+def model_from_args(args, holds: str = "forward-backward", device: str = "cpu"):
+    """(model, name) for the model flags: a zoo model keeps its name and preprocessing. A model
+    whose weights (``holds`` copies of them) would not fit in ``device``'s free memory is refused
+    before it is built (:func:`archbench.measure.memory.check_fits`)."""
     from archbench.builder import build_model
+    from archbench.measure.memory import check_fits
 
     spec = spec_from_args(args)
+    check_fits(spec, holds=holds, device=device)
     model = build_model(spec)
     if args.model:
         from archbench.models import get_entry
@@ -297,19 +318,66 @@ def inputs_from_args(args):
     return inputs
 
 
-def data_into_args(args):
-    """Load the dataset; its input size, channels and classes fill the model flags left open."""
+def note(line: str) -> None:
+    """A one-line note on stdout (rank 0 only, under torchrun)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {line}", flush=True)
+
+
+def data_into_args(args, say: Callable[[str], None] = note):
+    """Load the dataset; its input size, channels and classes fill the model flags left open
+    (an input size the model cannot take becomes the nearest one it can: :func:`fit_img_size`).
+    ``say`` gets the dataset's notes and the size chosen, a line each."""
     from archbench.train.data import load_dataset
     from archbench.train.run import DATASET_IMG_SIZE
 
     data = load_dataset(args.dataset, args.data_dir, args.download)
+    for line in getattr(data, "notes", ()):
+        say(line)
     if args.spec is None:  # the dataset fills in what the flags leave open
-        if args.model is None and args.img_size is None:
+        fill = args.model is None and args.img_size is None
+        if fill:
             args.img_size = DATASET_IMG_SIZE.get(args.dataset, data.native_size)
         if args.in_chans is None:
             args.in_chans = data.in_chans
         if args.num_classes is None:
             args.num_classes = data.num_classes
+        if fill:
+            fit_img_size(args, data.name, say)
     return data
 
 
+def fit_img_size(args, what: str, say: Callable[[str], None]) -> None:
+    """``args.img_size`` (the data's size, not the user's) → the nearest size the model flags'
+    model takes, when it cannot take the data's (e.g. 28 px under a pyramid of total stride 32):
+    said in one line. Left as it is when no size near it fits (the spec's own error follows)."""
+    from archbench.builder import make_spec
+
+    size = args.img_size
+    h, w = (size, size) if isinstance(size, int) else size
+    try:
+        make_spec(**shorthand_from_args(args))
+        return
+    except UsageError as e:
+        why = str(e).split(";")[0]  # what does not fit, without the spec error's own advice
+    for cand in _nearby_sizes(h, w):
+        args.img_size = cand[0] if cand[0] == cand[1] else cand
+        try:
+            make_spec(**shorthand_from_args(args))
+        except UsageError:
+            continue
+        say(f"{what}'s {h}x{w} images do not fit this model ({why}): training at {cand[0]}x{cand[1]}, the "
+            "nearest size it takes (the images are resized); --img-size sets another")
+        return
+    args.img_size = size
+
+
+def _nearby_sizes(h: int, w: int, strides: int = 128) -> list[tuple[int, int]]:
+    """(h, w) rounded to the nearest multiple of 1, 2, ... ``strides`` (ties upwards), nearest
+    first (a tie: the larger first): where any tiling stride's nearest valid size is."""
+    def near(n: int, k: int) -> int:
+        return max(k, (n + k // 2) // k * k)
+    cands = {(near(h, k), near(w, k)) for k in range(1, strides + 1)} - {(h, w)}
+    return sorted(cands, key=lambda c: (abs(c[0] - h) + abs(c[1] - w), -c[0] - c[1]))

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
-from archbench.cli.args import _device, add_model_args, model_from_args
+from archbench.cli.args import _count, _device, add_model_args, model_from_args
 from archbench.cli.console import _console, _fmt
 from archbench.errors import UsageError
+from archbench.results import check_table, table_path, table_stem
+
+TABLE = "profile"  # the table's name inside a folder given as --out
 
 
 def add_parser(sub, default_device: str) -> None:
@@ -21,8 +24,11 @@ def add_parser(sub, default_device: str) -> None:
     pr.add_argument("--channels-last", action="store_true")
     pr.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"])
     pr.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    pr.add_argument("--repeats", type=int, default=10, help="timed iterations (after warm-up)")
-    pr.add_argument("--out", default="results/profile", help="results table stem ('' to keep none)")
+    pr.add_argument("--repeats", type=_count(1), default=10, help="timed iterations (after warm-up)")
+    pr.add_argument("--out", default=f"results/{TABLE}",
+                    help=f"results table: a stem that gets .parquet and .csv (dots kept), or an existing folder (or "
+                         f"a path ending in /) to write {TABLE}.parquet and {TABLE}.csv inside; '' to keep none "
+                         f"(default: results/{TABLE})")
     pr.add_argument("--json", action="store_true", help="print the row as one JSON object (last stdout line)")
     pr.set_defaults(func=cmd_profile)
 
@@ -32,8 +38,11 @@ def cmd_profile(args) -> int:
     from rich.table import Table
 
     from archbench.measure.profile import profile_model
-    from archbench.results import append_rows
+    from archbench.results import save_rows
 
+    out = table_stem(args.out, TABLE) if args.out else None
+    if out is not None:  # before anything is measured
+        check_table(out, "--out")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.batch_size < 1:
@@ -45,7 +54,8 @@ def cmd_profile(args) -> int:
             raise UsageError(f"no zoo model matches {args.pattern!r}")
         todo = [(n, lambda n=n: create_model(n)) for n in names]
     else:
-        model, name = model_from_args(args)
+        holds = "build" if args.no_speed or args.no_train else "forward-backward"
+        model, name = model_from_args(args, holds=holds, device=args.device)
         todo = [(name, lambda: model)]
     kw = dict(speed=not args.no_speed, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
               channels_last=args.channels_last, compile=args.compile, threads=args.threads,
@@ -57,15 +67,15 @@ def cmd_profile(args) -> int:
             bar.update(task, description=f"profiling {name}")
             rows.append(profile_model(make(), name=name, **kw))
             bar.advance(task)
-            if args.out:  # each row is saved as soon as it is measured
-                append_rows(args.out, rows[-1:])
+            if out is not None:  # each row is saved as soon as it is measured (or kept in a JSON file)
+                save_rows(out, rows[-1:])
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, default=str))
         return 0
     setting = "sizes and FLOPs only" if args.no_speed else f"{args.dtype}, batch {args.batch_size}"
     t = Table(title=f"archbench profile — {rows[0]['device']}, {setting}",
-              caption=f"GMACs: multiply-adds per image, attention counted. Rows appended to {args.out}.parquet/.csv"
-              if args.out else None)
+              caption=f"GMACs: multiply-adds per image, attention counted. Rows appended to {table_path(out)}/.csv"
+              if out is not None else None)
     cols = [("name", "name"), ("params", "params (M)"), ("gmacs_fvcore", "GMACs fvcore"),
             ("gmacs_ptflops", "GMACs ptflops"), ("gmacs_token_mixer", "mixer GMACs"), ("gmacs_ffn", "FFN GMACs"),
             ("throughput", "img/s"), ("latency_ms", "latency ms"), ("train_throughput", "train img/s"),

@@ -3,22 +3,26 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from archbench.cli.args import (_device, add_model_args, add_train_args, data_into_args,
+from archbench.cli.args import (_count, _device, add_model_args, add_train_args, data_into_args,
                                 inputs_from_args, recipe_from_args, spec_from_args)
 from archbench.cli.console import _console, _fmt
 from archbench.errors import UsageError
-from archbench.results import check_writable
+from archbench.results import check_table, check_writable, table_path, table_stem
+
+TABLE = "runs"  # the table's name inside a folder given as --out
 
 
 def add_parser(sub, default_device: str) -> None:
     r = sub.add_parser("run", help="train a model on a dataset and record its accuracy, size and speed")
     add_model_args(r)
     add_train_args(r)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=_count(0), default=0)
     r.add_argument("--device", type=_device, default=default_device)
-    r.add_argument("--out", default="results/runs", help="results table stem ('' to keep none)")
+    r.add_argument("--out", default=f"results/{TABLE}",
+                   help=f"results table: a stem that gets .parquet and .csv (dots kept: exp/run.v2 → "
+                        f"exp/run.v2.parquet), or an existing folder (or a path ending in /) to write {TABLE}.parquet "
+                        f"and {TABLE}.csv inside; '' to keep none (default: results/{TABLE})")
     r.add_argument("--json", action="store_true", help="print the row as one JSON object (last stdout line)")
     r.set_defaults(func=cmd_run)
 
@@ -27,12 +31,19 @@ def cmd_run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from archbench.results import append_rows
+    from archbench.measure.memory import check_fits
+    from archbench.results import save_rows
     from archbench.train import dist
     from archbench.train.batches import per_rank
     from archbench.train.run import run_experiment
 
     ctx = dist.from_env()  # torchrun's ranks, or a world of one
+    out = table_stem(args.out, TABLE) if args.out else None
+    if ctx.main:  # before anything is loaded or trained
+        if out is not None:
+            check_table(out, "--out")
+        if args.checkpoint_dir:
+            check_writable(args.checkpoint_dir, "--checkpoint-dir")
     recipe = recipe_from_args(args)
     inputs = inputs_from_args(args)
     per_rank(recipe.batch_size, ctx)  # a bad launch fails here, before any process group is joined
@@ -46,9 +57,8 @@ def cmd_run(args) -> int:
     for flag in ("limit_train", "limit_test"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.out and ctx.main:
-        check_writable(Path(args.out).parent, "--out")
     device = ctx.device(args.device)
+    check_fits(spec, holds="train", device=device)
     dist.init(ctx, device)
     n_train = data.subset(args.limit_train, args.limit_test).n_train
     steps = max(1, n_train // recipe.batch_size)
@@ -93,8 +103,8 @@ def cmd_run(args) -> int:
             dist.shutdown()
     if not ctx.main:
         return 0 if row["status"] == "ok" else 1
-    if args.out:
-        append_rows(args.out, [row])
+    if out is not None:
+        save_rows(out, [row])  # a table that cannot be written now keeps the row in a JSON file it names
     if args.json:
         print(json.dumps(row, default=str))
         return 0 if row["status"] == "ok" else 1
@@ -106,7 +116,7 @@ def cmd_run(args) -> int:
         t.add_row(label, _fmt(row.get(key), 4 if key == "gmacs_fvcore" else 2))
     if row["error"]:
         t.add_row("error", row["error"])
-    if args.out:
-        t.caption = f"row appended to {args.out}.parquet / .csv"
+    if out is not None:
+        t.caption = f"row appended to {table_path(out)} / .csv"
     console.print(t)
     return 0 if row["status"] == "ok" else 1

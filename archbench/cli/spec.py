@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from archbench.cli.args import add_model_args, spec_from_args
+from archbench.cli.args import _count, add_model_args, spec_from_args
 from archbench.cli.console import _console
 
 
@@ -16,8 +16,8 @@ def add_parser(sub, default_device: str) -> None:
 
     c = sub.add_parser("check", help="build the model, run one forward and backward pass, print its size")
     add_model_args(c)
-    c.add_argument("--batch-size", type=int, default=2)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch-size", type=_count(1), default=2)
+    c.add_argument("--seed", type=_count(0), default=0)
     c.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     c.set_defaults(func=cmd_check)
 
@@ -33,8 +33,10 @@ def cmd_check(args) -> int:
     from rich.table import Table
 
     from archbench.builder import build_model
+    from archbench.measure.memory import check_fits
 
     spec = spec_from_args(args)
+    check_fits(spec, holds="forward-backward")  # too big for this machine: one line, not the allocator's error
     torch.manual_seed(args.seed)
     model = build_model(spec)
     x = torch.randn(args.batch_size, spec.in_chans, *spec.img_size)

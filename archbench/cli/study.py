@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from archbench.cli.ablate import add_auto_args
-from archbench.cli.args import (_device_name, add_parallel_args, add_train_args, device_problem, execution_from_args,
-                                recipe_from_args)
+from archbench.cli.args import (_count, _device_name, add_parallel_args, add_train_args, device_problem,
+                                execution_from_args, note, recipe_from_args)
 from archbench.cli.console import _console
 from archbench.errors import UsageError
 
@@ -40,19 +40,20 @@ def add_parser(sub, default_device: str) -> None:
                         "paired interval is wider than --ci-width, from --min-seeds up to --max-seeds")
     add_auto_args(s, min_default="the profile's seeds")
     s.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
-    s.add_argument("--jobs", type=int, help="runs at once (default: 1 on CPU; on a GPU machine 12, as small models "
+    s.add_argument("--jobs", type=_count(1), help="runs at once (default: 1 on CPU; on a GPU machine 12, as small models "
                                             "leave a GPU mostly idle, or with --profile imagenet one per GPU)")
     s.add_argument("--device", type=_device_name,
                    help=f"default: {default_device}; with --report-only, the kind of device (GPU: bf16 autocast, "
                         "CPU: fp32) that trained most of the runs there")
-    s.add_argument("--out", help="output folder (default: results/studies/shiftvit for the default profile, "
-                                 "results/studies/shiftvit-<profile> for the others)")
+    s.add_argument("--out", help="output folder: runs.parquet/.csv, the tables, plots and report.md (default: "
+                                 "results/studies/shiftvit for the default profile, results/studies/shiftvit-<profile> "
+                                 "for the others)")
     s.add_argument("--init", help="weight-init scheme of every arm (default: ShiftViT's, as its official code); "
                                   "archbench-0.1 is the init of the studies committed before 2026-11-25")
     s.add_argument("--dry-run", action="store_true",
                    help="build and match the arms, time a few training steps of each on --device and print the "
                         "device-hours the study would take; train nothing")
-    s.add_argument("--estimate-batch", type=int, metavar="N",
+    s.add_argument("--estimate-batch", type=_count(1), metavar="N",
                    help="--dry-run: the batch to time the steps at (default: 2 on a CPU, the run's per-GPU batch on "
                         "a GPU)")
     s.add_argument("--report-only", action="store_true",
@@ -63,8 +64,8 @@ def add_parser(sub, default_device: str) -> None:
 def cmd_study(args) -> int:
     import dataclasses
 
-    from archbench.cli.ablate import (RoundPrinter, check_counts, note_elsewhere, print_plan, run_with_progress,
-                                      seeds_option)
+    from archbench.cli.ablate import (RoundPrinter, check_counts, check_out, note_elsewhere, print_plan,
+                                      run_with_progress, seeds_option)
     from archbench.ablate.plan import numerics
     from archbench.ablate.runner import AutoSeeds, elsewhere, finished, load_runs, missing, pending, run_auto, seed_counts
     from archbench.studies import shiftvit
@@ -76,31 +77,32 @@ def cmd_study(args) -> int:
     if args.quick and args.profile and args.profile != "quick":
         raise UsageError(f"--quick contradicts --profile {args.profile}")
     prof = shiftvit.PROFILES[pname]
+    out = ("results/studies/shiftvit" + ("" if pname == "default" else f"-{pname}")) if args.out is None else args.out
+    check_out(out, args.dry_run, args.checkpoint_dir)
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
     bad = [s for s in sections if s not in SECTIONS]
     if bad or not sections:
         raise UsageError(f"unknown section {bad[0] if bad else '(none given)'!r}; allowed: {', '.join(SECTIONS)}")
-    if args.estimate_batch is not None and args.estimate_batch < 1:
-        raise UsageError(f"--estimate-batch must be >= 1, got {args.estimate_batch}")
     device = args.device or args.default_device
     if not (args.report_only or args.dry_run):
         problem = device_problem(device)
         if problem:
             raise UsageError(problem)
-    jobs = args.jobs or shiftvit.default_jobs(prof, device, args.nproc_per_run)
+    jobs = shiftvit.default_jobs(prof, device, args.nproc_per_run) if args.jobs is None else args.jobs
     seeds = seeds_option(args, min_default=prof.seeds)
     auto = seeds if isinstance(seeds, AutoSeeds) else None
     seeds = prof.seeds if seeds is None else seeds
     check_counts(auto.min_seeds if auto else seeds, jobs)
-    dataset = args.dataset or prof.dataset
-    args.recipe = args.recipe or prof.recipe_preset
+    dataset = prof.dataset if args.dataset is None else args.dataset
+    args.recipe = prof.recipe_preset if args.recipe is None else args.recipe
     recipe = recipe_from_args(args, base=prof.recipe)
     data = load_dataset(dataset, args.data_dir, args.download)
+    for line in getattr(data, "notes", ()):
+        note(line)
     cfg = {"name": dataset, "data_dir": args.data_dir, "download": args.download,
            "limit_train": args.limit_train if args.limit_train is not None else prof.limit_train,
            "limit_test": args.limit_test if args.limit_test is not None else prof.limit_test,
            "num_classes": data.num_classes, "in_chans": data.in_chans}
-    out = args.out or ("results/studies/shiftvit" + ("" if pname == "default" else f"-{pname}"))
     command = "archbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["study"] else \
         f"archbench study shiftvit --profile {pname}"
     console = _console()

@@ -142,6 +142,7 @@ class Folder:
     mode: str  # PIL mode the images are converted to: "RGB" or "L"
     native_size: tuple[int, int]  # (H, W) of the first training image
     flip: bool = True
+    notes: tuple[str, ...] = ()  # one-line notes for the user (e.g. a held-out split converted)
 
     @property
     def num_classes(self) -> int:
@@ -173,7 +174,7 @@ class Folder:
                     out.append(f)
             return out
         return Folder(self.name, pick(self.train_files, train), pick(self.test_files, test), self.classes,
-                      self.mode, self.native_size, self.flip)
+                      self.mode, self.native_size, self.flip, self.notes)
 
 
 def load_imagefolder(data_dir: str | None) -> Folder:
@@ -192,8 +193,15 @@ def load_imagefolder(data_dir: str | None) -> Folder:
         raise UsageError(f"dataset {root.name!r} has {len(classes)} class; classification needs at least 2")
     test, _ = scan_split(held, classes)
     mode = image_mode(train)
+    notes = []
+    held_mode = image_mode(test)
+    if held_mode != mode:  # both splits are read in the training split's mode: the model takes one
+        kind = {"L": "greyscale", "RGB": "colour"}
+        notes.append(f"{held.name}/ has {kind[held_mode]} images and train/ {kind[mode]} ones: {held.name}/ is read "
+                     f"as {kind[mode]} too, as the model is trained ({1 if mode == 'L' else 3} channel"
+                     f"{'s' if mode == 'RGB' else ''})")
     native = next((im.height, im.width) for im in (load_image(p, mode) for p, _ in train) if im is not None)
-    return Folder(f"imagefolder:{root.name}", train, test, classes, mode, native)
+    return Folder(f"imagefolder:{root.name}", train, test, classes, mode, native, notes=tuple(notes))
 
 
 _CACHE: dict[tuple, Dataset] = {}

@@ -57,15 +57,26 @@ def scan_split(root: Path, classes: list[str] | None = None) -> tuple[list[tuple
     return files, classes
 
 
-def image_mode(files: list[tuple[str, int]]) -> str:
-    """``"L"`` when the first readable image is grey (or binary), else ``"RGB"``."""
-    for path, _ in files:
+GREY_MODES = ("L", "LA", "I", "I;16", "1")  # PIL modes of grey (or binary) images
+
+
+def image_mode(files: list[tuple[str, int]], sample: int = 16) -> str:
+    """``"RGB"`` when any of ``sample`` images spread over ``files`` is in colour, else ``"L"``
+    (grey or binary): a grey image read as RGB loses nothing, a colour one read as grey does.
+    Only headers are read; unreadable files are passed over (the loader reports them)."""
+    def mode(path: str) -> str | None:
         try:
             with Image.open(path) as im:
-                return "L" if im.mode in ("L", "I", "I;16", "1") else "RGB"
-        except Exception:  # noqa: BLE001 - unreadable: try the next; the loader reports it
-            continue
-    raise UsageError(f"none of the {len(files)} images is readable, e.g. {files[0][0]}")
+                return im.mode
+        except Exception:  # noqa: BLE001 - unreadable: the loader names it
+            return None
+
+    modes = [m for m in (mode(p) for p, _ in files[::max(1, len(files) // sample)][:sample]) if m]
+    if not modes:  # every sampled file is unreadable: the first readable one decides
+        modes = next(([m] for m in (mode(p) for p, _ in files) if m), [])
+    if not modes:
+        raise UsageError(f"none of the {len(files)} images is readable, e.g. {files[0][0]}")
+    return "L" if all(m in GREY_MODES for m in modes) else "RGB"
 
 
 def load_image(path: str, mode: str, draft: int | None = None) -> Image.Image | None:

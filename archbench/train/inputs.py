@@ -77,15 +77,17 @@ def decode_size(recipe: Recipe, img_size: tuple[int, int]) -> int:
 
 def make_batches(data: Dataset | Folder, img_size: tuple[int, int], recipe: Recipe, inputs: Inputs, *,
                  seed: int, device: torch.device, ctx: Dist = Dist(),
-                 say: Callable[[str], None] | None = None):
-    """The run's batches (``MemoryBatches`` or ``LoaderBatches``) and a dict of what was chosen."""
+                 say: Callable[[str], None] | None = None, bad=None):
+    """The run's batches (``MemoryBatches`` or ``LoaderBatches``) and a dict of what was chosen.
+    ``bad`` (a :class:`~archbench.train.folder.BadImages`) tallies the unreadable images, those
+    met while decoding into memory and those met while streaming."""
     from archbench.train.folder import BadImages, DecodedImages, FileImages, choose_cache, decode_split
 
     inputs.check()
     say = say or (lambda line: None)
     img_size = tuple(img_size)
     kw = dict(batch_size=recipe.batch_size, eval_batch_size=recipe.eval_batch_size, device=device, ctx=ctx)
-    bad = BadImages()
+    bad = BadImages() if bad is None else bad
     chosen = {"cache": "memory", "transform": recipe.transform}
     if isinstance(data, Folder):
         size = decode_size(recipe, img_size)

@@ -9,10 +9,10 @@ import torch
 
 from archbench.builder import build_model
 from archbench.spec import ArchSpec
-from archbench.train.batches import LoaderBatches
 from archbench.train.checkpoint import Checkpointer
 from archbench.train.data import load_dataset
 from archbench.train.dist import Dist
+from archbench.train.folder import BadImages
 from archbench.train.inputs import Inputs, make_batches
 from archbench.train.loop import Diverged, Recipe, train
 
@@ -80,7 +80,9 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
     except Exception as e:  # noqa: BLE001 - a counter failure must not cost the run
         row["gmacs_fvcore"], row["fvcore_error"] = None, f"{type(e).__name__}: {e}"[:300]
     dev = torch.device(device)
-    batches, chosen = make_batches(data, spec.img_size, recipe, inputs, seed=seed, device=dev, ctx=ctx, say=say)
+    bad = BadImages()  # unreadable images, met decoding into memory or streaming: named in the row
+    batches, chosen = make_batches(data, spec.img_size, recipe, inputs, seed=seed, device=dev, ctx=ctx, say=say,
+                                   bad=bad)
     row["inputs"] = {**asdict(inputs), **chosen}
     status, error = "ok", None
     hist = None
@@ -91,7 +93,7 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
                      checkpoint=ckpt, callback=callback, on_step=on_step)
     except Diverged as e:
         status, error = "failed", str(e)
-    skipped = batches.bad.summary() if isinstance(batches, LoaderBatches) else None
+    skipped = bad.summary()
     if skipped:
         say(skipped)
     last = hist.last if hist else {}
