@@ -6,7 +6,8 @@ from torch import nn
 
 from archbench.layers.block import build_blocks, drop_path_rates, make_norm
 from archbench.layers.layout import Layout
-from archbench.macros.base import MacroModel, divisible
+from archbench.macros.base import (MacroModel, check_output_fmt, divisible, run_checkpointed,
+                                   tokens_to_nchw)
 from archbench.registry import MACROS, MIXERS
 from archbench.errors import UsageError
 
@@ -20,6 +21,9 @@ class Isotropic(MacroModel):
     Stages here are runs of blocks at the same width (so mixers can differ along depth).
     Grid mixers (shift, outlook, dmixer, cross-attn) leave the class token untouched, so a
     class-token readout needs at least one ``msa`` stage; otherwise use ``pool='avg'``.
+
+    Features (``feature_info``, ``forward_intermediates``): one per block, its patch tokens,
+    reduction = the patch size — as timm's ViT.
     """
 
     layout = Layout.TOKENS
@@ -59,10 +63,16 @@ class Isotropic(MacroModel):
         self.norm = make_norm(spec.norm, dim, self.layout, spec.norm_eps)
         self.head_drop = nn.Dropout(spec.drop_rate)
         self.head = self.make_head(dim)
-        self.init_weights()
+        self.feature_info = [dict(num_chs=dim, reduction=spec.stem.patch_size, module=f"blocks.{i}")
+                             for i in range(len(self.blocks))]
+        self.finish_init()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) image → (B, P+N, C) normalised tokens."""
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^cls_token|^pos_embed|^stem",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) image → (B, P+N, C) tokens with position embedding, and the grid."""
         x = self.stem(x)  # (B, C, h, w)
         hw = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, N, C)
@@ -70,11 +80,48 @@ class Isotropic(MacroModel):
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         if self.pos_embed is not None:
             x = x + self.pos_embed
+        return x, hw
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) image → (B, P+N, C) normalised tokens."""
+        x, hw = self._embed(x)
         for blk in self.blocks:
-            x = blk(x, hw)
+            x = run_checkpointed(self.grad_checkpointing, blk, x, hw)
         return self.norm(x)
 
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's ``forward_intermediates``: the patch tokens after the blocks ``indices`` picks
+        (None: all; n: the last n; a list: those), as (B, C, h, w) or, with ``output_fmt='NLC'``,
+        (B, N, C); ``norm`` passes them through the final norm; ``stop_early`` skips the blocks
+        after the last one taken. Returns ``(forward_features(x), intermediates)``, or only the
+        intermediates."""
+        check_output_fmt(output_fmt, ("NCHW", "NLC"))
+        take, last = self.take_indices(len(self.blocks), indices)
+        x, hw = self._embed(x)
+        out = []
+        for i, blk in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
+            x = run_checkpointed(self.grad_checkpointing, blk, x, hw)
+            if i in take:
+                out.append((self.norm(x) if norm else x)[:, self.num_prefix:])  # (B, N, C)
+        if output_fmt == "NCHW":
+            out = [tokens_to_nchw(y, hw) for y in out]
+        return out if intermediates_only else (self.norm(x), out)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks after the last one ``indices`` takes (and the norm, the head)."""
+        take, last = self.take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:last + 1]
+        self.feature_info = self.feature_info[:last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0] if self.spec.pool == "token" else x[:, self.num_prefix:].mean(dim=1)
+        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix:].mean(dim=1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)

@@ -9,7 +9,8 @@ from torch import nn
 from archbench.layers.block import build_blocks, make_norm
 from archbench.layers.layout import Layout
 from archbench.layers.mixers.cross_attn import CrossAttention
-from archbench.macros.base import MacroModel, divisible
+from archbench.macros.base import (MacroModel, check_output_fmt, divisible, run_checkpointed,
+                                   tokens_to_nchw)
 from archbench.registry import ACTS, MACROS, STEMS
 from archbench.errors import UsageError
 
@@ -56,6 +57,9 @@ class Encoder(nn.Module):
             nn.Sequential(norm(dims[1 - b]), act(), nn.Linear(dims[1 - b], dims[b])) for b in range(2))
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-branch tokens [(B, 1+N_b, C_b)] → the same shapes; the list given is not
+        changed (activation checkpointing reruns this on it)."""
+        xs = list(xs)
         for b in range(2):
             for blk in self.blocks[b]:
                 xs[b] = blk(xs[b], self.grids[b])
@@ -80,6 +84,10 @@ class TwoBranch(MacroModel):
     published models use 1), ``fusion_qkv_bias``, ``img_scales`` (per-branch image scale:
     timm's CrossViT feeds the large branch the image resized by 224/240 with bicubic
     interpolation, so both branches see whole-patch grids).
+
+    Features (``feature_info``, ``forward_intermediates``), as timm's CrossViT: each branch's
+    patch tokens after each encoder, branch-major (index b·K + k is branch b after encoder k),
+    reduction round(patch_size_b / img_scale_b).
     """
 
     layout = Layout.TOKENS
@@ -126,7 +134,7 @@ class TwoBranch(MacroModel):
         dims = [s.dim for s in spec.stages]
         self.num_features = sum(dims)
         self.sizes = self.branch_sizes(spec)
-        grids = self.grids(spec)
+        grids = self.branch_grids = self.grids(spec)
         self.stem = nn.ModuleList(self.make_stem(spec.stem.replace(patch_size=st.patch_size), st.dim)
                                   for st in spec.stages)
         for b, (d, g) in enumerate(zip(dims, grids)):
@@ -142,10 +150,17 @@ class TwoBranch(MacroModel):
         self.norm = nn.ModuleList(make_norm(spec.norm, d, self.layout, spec.norm_eps) for d in dims)
         self.head_drop = nn.Dropout(spec.drop_rate)
         self.head = nn.ModuleList(self.make_head(d) for d in dims)
-        self.init_weights()
+        self.num_encoders = len(self.blocks)  # K: fixes the feature index space, pruned or not
+        self.feature_info = [dict(num_chs=st.dim, reduction=round(st.patch_size / scale), module=f"blocks.{k}")
+                             for st, scale in zip(spec.stages, o["img_scales"]) for k in range(self.num_encoders)]
+        self.finish_init()
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) image → per-branch normalised tokens [(B, 1+N_b, C_b)]."""
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^cls_token|^pos_embed|^stem",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    def _embed(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) image → per-branch tokens [(B, 1+N_b, C_b)] with position embedding."""
         xs = []
         for b, stem in enumerate(self.stem):
             xb = x if tuple(x.shape[-2:]) == self.sizes[b] else F.interpolate(
@@ -154,13 +169,57 @@ class TwoBranch(MacroModel):
             xb = torch.cat((getattr(self, f"cls_token_{b}").expand(xb.shape[0], -1, -1), xb), dim=1)
             pos = getattr(self, f"pos_embed_{b}")
             xs.append(xb if pos is None else xb + pos)
+        return xs
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) image → per-branch normalised tokens [(B, 1+N_b, C_b)]."""
+        xs = self._embed(x)
         for enc in self.blocks:
-            xs = enc(xs)
+            xs = run_checkpointed(self.grad_checkpointing, enc, xs)
         return [norm(xb) for norm, xb in zip(self.norm, xs)]
 
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's CrossViT ``forward_intermediates``: the patch tokens of branch b after encoder
+        k for each index b·K + k that ``indices`` picks (None: all 2K; n: the last n; a list:
+        those), as (B, C_b, h_b, w_b) or, with ``output_fmt='NLC'``, (B, N_b, C_b); ``norm``
+        applies each branch's final norm; ``stop_early`` skips the encoders after the last one
+        needed. Returns ``(per-branch final features, intermediates)`` or only the latter."""
+        check_output_fmt(output_fmt, ("NCHW", "NLC"))
+        K = self.num_encoders
+        take, _ = self.take_indices(2 * K, indices)
+        last = max(i % K for i in take)
+        xs = self._embed(x)
+        per_branch: list[list[torch.Tensor]] = [[], []]
+        for k, enc in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
+            xs = run_checkpointed(self.grad_checkpointing, enc, xs)
+            for b, norm_b in enumerate(self.norm):
+                if b * K + k in take:
+                    per_branch[b].append((norm_b(xs[b]) if norm else xs[b])[:, 1:])  # (B, N_b, C_b)
+        if output_fmt == "NCHW":
+            per_branch = [[tokens_to_nchw(y, g) for y in ys] for ys, g in zip(per_branch, self.branch_grids)]
+        out = per_branch[0] + per_branch[1]  # branch-major: the index order
+        if intermediates_only:
+            return out
+        return [norm_b(xb) for norm_b, xb in zip(self.norm, xs)], out
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the encoders after the last one ``indices`` needs (and the norms, the heads).
+        Indices keep their meaning (b·K + k with the unpruned K). Taking one branch only still
+        keeps the other's fusion in the last encoder (DDP then needs find_unused_parameters)."""
+        take, _ = self.take_indices(2 * self.num_encoders, indices)
+        self.blocks = self.blocks[:max(i % self.num_encoders for i in take) + 1]
+        if prune_norm:
+            self.norm = nn.ModuleList(nn.Identity() for _ in self.norm)
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
     def forward_head(self, xs: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
-        xs = [x[:, 0] if self.spec.pool == "token" else x[:, 1:].mean(dim=1) for x in xs]
+        xs = [x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(dim=1) for x in xs]
         xs = [self.head_drop(x) for x in xs]
-        if pre_logits:
+        if pre_logits or self.num_classes == 0:  # headless: the pooled features, as timm's CrossViT
             return torch.cat(xs, dim=1)
         return torch.stack([head(x) for head, x in zip(self.head, xs)]).mean(dim=0)
