@@ -344,3 +344,15 @@ def test_a_recipe_preset_in_a_space(tmp_path, capsys):
     """)
     assert main(["search", str(path), "--trials", "1", "--results-dir", str(tmp_path)]) == 2
     assert "recipe: unknown recipe 'nope'; known: small, deit, shiftvit" in capsys.readouterr().err
+
+
+def test_a_search_in_which_no_trial_completed_exits_1_with_a_line(tmp_path, capsys):
+    path = _space(tmp_path, """
+        name: none_ok
+        base: {mixer: shift, ffn: mlp, dims: 16, depths: 1, img_size: 8}
+        params:
+          patch_size: {choices: [3]}
+        dataset: {name: digits, limit_train: 200, limit_test: 100}
+        """)
+    assert main(["search", str(path), "--trials", "1", "--results-dir", str(tmp_path), "--json"]) == 1
+    assert "error: no trial of study 'none_ok' completed (1 pruned, 0 failed)" in capsys.readouterr().err
