@@ -33,11 +33,10 @@ def cli(capsys, *argv):
 
 
 def one_line(err: str, command: str) -> str:
-    """The error line; asserts it is the only one (argparse's usage lines above it aside)."""
+    """The error line; asserts it is the only one (argparse's refusals too: cli/main.py's Parser)."""
     lines = err.strip().splitlines()
     assert "Traceback" not in err, err
-    if not lines[-1].startswith(f"archbench {command}: error: argument "):
-        assert len(lines) == 1, err
+    assert len(lines) == 1, err
     assert lines[-1].startswith(f"archbench {command}: error: "), err
     return lines[-1]
 
