@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from archbench.errors import UsageError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
-IMG_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 
 
 @dataclass

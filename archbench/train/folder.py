@@ -26,11 +26,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from archbench.train.data import IMG_EXTS
 from archbench.errors import UsageError
 
 CACHE_MODES = ("auto", "memory", "disk")
 Transform = Callable[[Image.Image], torch.Tensor]
+
+IMG_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 
 
 def scan_split(root: Path, classes: list[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
