@@ -1,7 +1,7 @@
 """Pareto-aware early stopping against none, at equal samplers and seeds: hypervolume per hour.
 
 Each repeat runs the same random-sampler seed twice over search_spaces/early_stopping.yaml
-(144 configurations; top-1 ↑ vs GMACs ↓): once with ``pruner: none`` (every trial to its last
+(120 configurations; top-1 ↑ vs GMACs ↓): once with ``pruner: none`` (every trial to its last
 epoch) and once with ``pruner: pareto`` (archbench/search/halving.py). The random sampler draws
 the same configurations in the same order whatever the pruner does, so the two runs of a repeat
 differ only by the early stops. The two settings alternate, so slow drift of the machine hits both.
@@ -10,7 +10,7 @@ Hypervolume: top-1 (%) against GMACs, reference point (0 %, 1.1 × the largest G
 any run measured) — the worst accuracy and a little beyond the costliest model, so every trained
 point counts and the reference is the same for every run.
 
-    python benchmarks/early_stopping.py --repeats 3 --trials 60
+    OMP_NUM_THREADS=1 python benchmarks/early_stopping.py --repeats 3 --trials 60
 """
 from __future__ import annotations
 
@@ -140,11 +140,11 @@ def main() -> None:
     lines = [
         "# Early stopping in multi-objective search: Pareto-aware successive halving vs none",
         "",
-        f"Command: `python benchmarks/early_stopping.py --repeats {args.repeats} --trials {args.trials}`  ",
+        f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python benchmarks/early_stopping.py --repeats {args.repeats} --trials {args.trials}`  ",
         f"Device: {cpu} ({os.cpu_count()} cores), {threads} threads, CPU, torch {torch.__version__}, "
         f"optuna {optuna.__version__}, commit {git_commit()}, {datetime.now(timezone.utc).isoformat(timespec='seconds')}  ",
-        f"Space: [`search_spaces/early_stopping.yaml`](../../search_spaces/early_stopping.yaml) — 144 configurations "
-        f"(mixer × FFN × stage-3 depth × MLP ratio × first-stage width), digits at 16×16, 8 epochs a trial, top-1 ↑ vs GMACs ↓. "
+        f"Space: [`search_spaces/early_stopping.yaml`](../../search_spaces/early_stopping.yaml) — 120 configurations "
+        f"(mixer × FFN × width × last-stage depth × MLP ratio; a four-stage pyramid), digits at 8×8, 8 epochs a trial, top-1 ↑ vs GMACs ↓. "
         f"Random sampler, seeds 0..{args.repeats - 1}: within a seed both runs draw the same configurations in the "
         f"same order. Pareto halving: rungs at epochs 1, 2, 4, η = 3 (archbench/search/halving.py).  ",
         f"Hypervolume reference point: (0 % top-1, {ref[1]:.4g} GMACs = 1.1 × the largest GMACs measured).",
