@@ -1,13 +1,23 @@
-"""Our shift against the ShiftViT paper's Algorithm 1 (zeros + slice copies) and against a
-plain memory copy of the same tensor (the floor for any zero-FLOP mixer).
+"""Our shift against a plain memory copy of the same tensor (the floor for any zero-FLOP
+mixer) and against the ShiftViT paper's Algorithm 1 (zeros + slice copies), forward and
+backward, at ShiftViT-T's stage shapes, in contiguous and channels-last memory.
 
-Interleaved rounds, median per call, fixed threads. Writes results/benchmarks/shift.{csv,md}.
+Forward: one call on an input without grad (``torch.inference_mode``); copy = ``x.clone()``.
+Backward: ``torch.autograd.grad(y, x, dy, retain_graph=True)`` on the retained graph of one
+forward, so a call is the autograd engine plus the op's backward. The copy baseline is
+measured the same way: a copy as a custom autograd function (as ours is) whose backward is a
+plain ``dy.clone()``. For scale: ``clone_bwd`` is the same call through ``x.clone()``, whose
+backward hands ``dy`` on without copying (the engine's own cost), and a plain ``dy.clone()``
+costs what ``copy_us`` says. Interleaved rounds (order reversed every other round), each a
+block of calls of about ``--block-ms``; median of the per-call means; fixed threads.
+Writes results/benchmarks/shift.{csv,md}.
 
-    python benchmarks/shift.py [--rounds 15]
+    python benchmarks/shift.py [--rounds 61] [--block-ms 4] [--formats contiguous,channels_last]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -23,9 +33,11 @@ from archbench.results import provenance, write_report  # noqa: E402
 
 # ShiftViT-T stage shapes at 224 (batch 8): (C, H, W)
 SHAPES = [(96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7)]
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def algorithm1(x: torch.Tensor, g: int) -> torch.Tensor:
+    """ShiftViT paper, Algorithm 1: a zero tensor, then slice copies."""
     out = torch.zeros_like(x)
     out[:, 0 * g:1 * g, :, :-1] = x[:, 0 * g:1 * g, :, 1:]
     out[:, 1 * g:2 * g, :, 1:] = x[:, 1 * g:2 * g, :, :-1]
@@ -35,53 +47,111 @@ def algorithm1(x: torch.Tensor, g: int) -> torch.Tensor:
     return out
 
 
-def per_call(fn, x, iters):
+class CopyFunction(torch.autograd.Function):
+    """A copy as a custom autograd function whose backward is a plain copy of the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        return dy.clone()
+
+
+def per_call(fn, iters: int) -> float:
     t0 = time.perf_counter()
     for _ in range(iters):
-        fn(x)
+        fn()
     return (time.perf_counter() - t0) / iters
+
+
+def medians_us(fns: dict, rounds: int, block_s: float) -> dict[str, float]:
+    """Median over interleaved rounds of the mean time per call, in microseconds; each round
+    runs each function for a block of about ``block_s`` seconds (at least one call)."""
+    iters = {}
+    for k, f in fns.items():  # warm-up (allocator, caches, plans), then size the blocks
+        per_call(f, 3)
+        iters[k] = max(1, round(block_s / min(per_call(f, 1) for _ in range(3))))
+    times = {k: [] for k in fns}
+    for r in range(rounds):
+        for k in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+            times[k].append(per_call(fns[k], iters[k]))
+    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+
+
+def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, block_s: float) -> dict:
+    B, C, H, W = shape
+    shift = Shift(C, heads=1, grid=(H, W))
+    g = shift.g
+    with torch.inference_mode():
+        x = torch.randn(shape).contiguous(memory_format=fmt)
+        y = shift(x)
+        assert torch.equal(y, algorithm1(x, g)) and y.is_contiguous(memory_format=fmt)
+        fwd = medians_us({"ours": lambda: shift(x), "algorithm1": lambda: algorithm1(x, g),
+                          "copy": lambda: x.clone()}, rounds, block_s)
+    # backward: one graph per function, retained, so that a call times the backward pass only
+    x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_(True)
+    dy = torch.randn(shape).contiguous(memory_format=fmt)
+    graphs = {"ours": shift(x), "algorithm1": algorithm1(x, g), "copy": CopyFunction.apply(x), "clone": x.clone()}
+    assert "Shift" in type(graphs["ours"].grad_fn).__name__  # our autograd function, not generic slices
+    grad = torch.autograd.grad(graphs["ours"], x, dy, retain_graph=True)[0]
+    assert torch.equal(grad, torch.autograd.grad(graphs["algorithm1"], x, dy, retain_graph=True)[0])
+    assert grad.is_contiguous(memory_format=fmt)
+    bwd = medians_us({k: (lambda y=y: torch.autograd.grad(y, x, dy, retain_graph=True)) for k, y in graphs.items()},
+                     rounds, block_s)
+    return {"ours_us": fwd["ours"], "algorithm1_us": fwd["algorithm1"], "copy_us": fwd["copy"],
+            "ours_bwd_us": bwd["ours"], "algorithm1_bwd_us": bwd["algorithm1"], "copy_bwd_us": bwd["copy"],
+            "clone_bwd_us": bwd["clone"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=61)
+    ap.add_argument("--block-ms", type=float, default=4.0, help="time per function per round")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}")
     ap.add_argument("--out", default="results/benchmarks/shift")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    load_before = os.getloadavg()[0]  # other processes on the machine make every number noisy
     rows = []
-    with torch.inference_mode():
+    for fmt_name in args.formats.split(","):
         for C, H, W in SHAPES:
-            x = torch.randn(args.batch_size, C, H, W)
-            shift = Shift(C, heads=1, grid=(H, W))
-            fns = {"ours": shift, "algorithm1": lambda t: algorithm1(t, shift.g), "copy": torch.clone}
-            assert torch.equal(shift(x), algorithm1(x, shift.g))
-            times = {k: [] for k in fns}
-            for f in fns.values():
-                per_call(f, x, 3)
-            for r in range(args.rounds):
-                order = list(fns) if r % 2 == 0 else list(reversed(fns))
-                for k in order:
-                    times[k].append(per_call(fns[k], x, args.iters))
-            med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
-            rows.append({"shape": f"{args.batch_size}x{C}x{H}x{W}", "MB": round(x.numel() * 4 / 2 ** 20, 2),
-                         "ours_us": round(med["ours"], 1), "algorithm1_us": round(med["algorithm1"], 1),
-                         "copy_us": round(med["copy"], 1),
-                         "speedup_vs_algorithm1": round(med["algorithm1"] / med["ours"], 2),
-                         "ours_vs_copy": round(med["ours"] / med["copy"], 2),
+            shape = (args.batch_size, C, H, W)
+            t = bench_shape(shape, FORMATS[fmt_name], args.rounds, args.block_ms / 1e3)
+            rows.append({"shape": "x".join(map(str, shape)), "format": fmt_name,
+                         "MB": round(torch.Size(shape).numel() * 4 / 2 ** 20, 2),
+                         **{k: round(v, 1) for k, v in t.items()},
+                         "ours_vs_copy": round(t["ours_us"] / t["copy_us"], 2),
+                         "ours_bwd_vs_copy": round(t["ours_bwd_us"] / t["copy_bwd_us"], 2),
+                         "speedup_vs_algorithm1": round(t["algorithm1_us"] / t["ours_us"], 2),
+                         "bwd_speedup_vs_algorithm1": round(t["algorithm1_bwd_us"] / t["ours_bwd_us"], 2),
+                         "dtype": "fp32", "batch_size": args.batch_size,
                          "device": device_name(torch.device("cpu")), "threads": args.threads, **provenance()})
-            print(rows[-1]["shape"], {k: rows[-1][k] for k in ("ours_us", "algorithm1_us", "copy_us")}, flush=True)
+            print(rows[-1]["shape"], fmt_name, {k: rows[-1][k] for k in ("ours_vs_copy", "ours_bwd_vs_copy")},
+                  flush=True)
+    load = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    for row in rows:
+        row["load_average"] = load
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    df.to_csv(out.with_suffix(".csv"), index=False)
-    cols = ["shape", "MB", "ours_us", "algorithm1_us", "copy_us", "speedup_vs_algorithm1", "ours_vs_copy"]
-    write_report(out.with_suffix(".md"), "Shift: ours vs the paper's Algorithm 1 vs a plain copy",
-                 f"python benchmarks/shift.py {' '.join(sys.argv[1:])}",
-                 ["Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224)."],
-                 rows, cols)
+    pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
+    cols = ["shape", "format", "MB", "ours_us", "algorithm1_us", "copy_us", "ours_vs_copy", "ours_bwd_us",
+            "algorithm1_bwd_us", "copy_bwd_us", "ours_bwd_vs_copy", "clone_bwd_us"]
+    notes = ["Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224, fp32).  ",
+             "Forward (`ours_us`, `algorithm1_us`, `copy_us`): inference mode; copy = `x.clone()`.  ",
+             "Backward (`*_bwd_us`): `torch.autograd.grad(y, x, dy, retain_graph=True)` on one retained graph "
+             "(autograd engine + the op's backward). **Backward copy baseline (`copy_bwd_us`): a copy as a custom "
+             "autograd function, like ours, whose backward is a plain `dy.clone()`** — engine and function "
+             "overhead included, as in ours. `clone_bwd_us`: the same call through `x.clone()`, whose backward "
+             "passes `dy` on uncopied (the engine's own cost); a plain `dy.clone()` costs `copy_us`.  ",
+             f"1-minute load average while it ran: {load} ({os.cpu_count()} cores; well above 0 means other "
+             "jobs shared them and the numbers are noisy, the 2-thread kernels most of all)."]
+    write_report(out.with_suffix(".md"), "Shift: ours vs a plain copy vs the paper's Algorithm 1, forward and backward",
+                 f"python benchmarks/shift.py {' '.join(sys.argv[1:])}", notes, rows, cols)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,93 @@ def test_shift_check_accepts_the_edges():
     Shift.check(12, 1, (8, 8), ratio=1 / 12)
 
 
+def shift_layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The same values as x (B, C, H, W) in the memory layouts the shift meets."""
+    B, C, H, W = x.shape
+    nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+    return {
+        "contiguous": x,
+        "channels_last": x.contiguous(memory_format=torch.channels_last),
+        "storage_offset": torch.cat([torch.zeros(3), x.flatten()])[3:].view(B, C, H, W),
+        "batch_gap": torch.cat([x, torch.zeros(B, 1, H, W)], dim=1)[:, :C],  # channels of a wider tensor
+        # a token macro's grid: (B, 1 + H·W, C) without its class token, viewed as (B, C, H, W)
+        "tokens_grid": torch.cat([torch.zeros(B, 1, C), nhwc.reshape(B, H * W, C)], dim=1)[:, 1:]
+        .reshape(B, H, W, C).permute(0, 3, 1, 2),
+        "transposed": x.transpose(2, 3).contiguous().transpose(2, 3),  # neither layout: the sliced path
+    }
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """torch.empty_like hands out NaN-filled memory: an element the shift forgets to write
+    cannot pass for a zero by luck (fresh pages are zeros)."""
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(float("nan")))
+
+
+@pytest.mark.parametrize("C,H,W,n_div", [(12, 5, 7, 12), (24, 4, 4, 12), (16, 1, 6, 16), (8, 3, 1, 4),
+                                         (13, 1, 1, 12), (32, 6, 2, 16), (26, 3, 5, 6)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "storage_offset", "batch_gap", "tokens_grid",
+                                    "transposed"])
+def test_shift_in_every_layout_matches_algorithm1(C, H, W, n_div, layout, nan_empty):
+    m = Shift(C, heads=1, grid=(H, W), ratio=1 / n_div)
+    x = torch.randn(3, C, H, W)
+    y = m(shift_layouts(x)[layout])
+    assert torch.equal(y, algorithm1(x, m.g))
+    if layout in ("contiguous", "storage_offset", "batch_gap"):
+        assert y.is_contiguous()
+    if layout in ("channels_last", "tokens_grid"):  # channels-last in, channels-last out
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert not y.is_contiguous() or H * W == 1  # (B, C, 1, 1) is both
+
+
+def test_shift_gradient_passes_gradcheck():
+    m = Shift(8, heads=1, grid=(3, 4), ratio=1 / 4)  # every direction, 2 channels each
+    for x in (torch.randn(2, 8, 3, 4, dtype=torch.float64),
+              torch.randn(2, 8, 3, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last),
+              torch.randn(2, 9, 3, 4, dtype=torch.float64)[:, :8]):
+        x.requires_grad_(True)
+        assert torch.autograd.gradcheck(m, (x,))
+        assert torch.autograd.gradgradcheck(m, (x,))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "tokens_grid", "transposed"])
+def test_shift_gradient_is_autograd_through_algorithm1(layout, nan_empty):
+    m = Shift(24, heads=1, grid=(5, 6))  # γ = 1/12: 2 channels per direction, 16 stay
+    x = torch.randn(2, 24, 5, 6)
+    grad_out = torch.randn(2, 24, 5, 6)
+    ref = x.clone().requires_grad_(True)
+    algorithm1(ref, m.g).backward(grad_out)
+    ours = shift_layouts(x)[layout].detach().requires_grad_(True)
+    y = m(ours)
+    assert y.grad_fn is not None and "Shift" in type(y.grad_fn).__name__  # the custom backward, not slices
+    y.backward(shift_layouts(grad_out)[layout])
+    assert torch.equal(ours.grad, ref.grad)
+    assert torch.equal(torch.autograd.grad(m(ours), ours, grad_out)[0], ref.grad)  # grad in another layout
+
+
+def test_shift_under_torch_compile():
+    m = Shift(24, heads=1, grid=(4, 5))
+    x = torch.randn(2, 24, 4, 5, requires_grad=True)
+    y = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
+    ref = x.detach().clone().requires_grad_(True)
+    assert torch.equal(y, algorithm1(ref, m.g))
+    grad_out = torch.randn_like(y)
+    y.backward(grad_out)
+    algorithm1(ref, m.g).backward(grad_out)
+    assert torch.equal(x.grad, ref.grad)
+
+
+@pytest.mark.parametrize("backend", ["fvcore", "ptflops"])
+def test_shift_counts_zero_macs_and_skips_nothing(backend):
+    from archbench.measure import count_macs
+
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 24, 5, 6).contiguous(memory_format=fmt)
+        macs = count_macs(Shift(24, heads=1, grid=(5, 6)), x, backend=backend)
+        assert macs.total == 0 and macs.skipped == {}
+
+
 # ---------------------------------------------------------------- outlook
 
 @pytest.mark.parametrize("H,W,kernel,padding,stride", [(8, 8, 3, 1, 2), (7, 9, 3, 1, 2), (6, 6, 3, 1, 1),
@@ -179,7 +266,9 @@ def test_outlook_param_count(qkv_bias):
                                     (dict(stride=0), "stride=0 must be >= 1")])
 def test_outlook_check(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        OutlookAttention.check(24, kw.pop("heads", 3), (8, 8), **kw)
+        from archbench.layers.parts import options_of  # the check gets every option, as the grammar gives them
+
+        OutlookAttention.check(24, kw.pop("heads", 3), (8, 8), **{**options_of(OutlookAttention), **kw})
 
 
 # ---------------------------------------------------------------- cross-attn
@@ -237,7 +326,9 @@ def test_cross_scale_with_scale_one_is_self_attention():
                                     (dict(scale=0), "scale=0 must be >= 1")])
 def test_cross_attention_check(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        CrossAttention.check(16, kw.pop("heads", 2), (4, 4), **kw)
+        from archbench.layers.parts import options_of
+
+        CrossAttention.check(16, kw.pop("heads", 2), (4, 4), **{**options_of(CrossAttention), **kw})
 
 
 # ---------------------------------------------------------------- dmixer: IDConv
@@ -369,7 +460,9 @@ def test_dmixer_param_count(dim, heads, groups, K, sr, red, grid):
     (32, 1, dict(sr_ratio=0), "sr_ratio=0 .* must be >= 1")])
 def test_dmixer_check(dim, heads, kw, msg):
     with pytest.raises(ValueError, match=msg):
-        DMixer.check(dim, heads, (8, 8), **kw)
+        from archbench.layers.parts import options_of
+
+        DMixer.check(dim, heads, (8, 8), **{**options_of(DMixer), **kw})
 
 
 # ---------------------------------------------------------------- none
@@ -384,13 +477,13 @@ def test_none_is_identity(layout, shape):
 
 def test_shift_default_ratio_is_the_papers():
     # ShiftViT (Wang et al. 2022) shifts 1/3 of the channels, γ = 1/12 per direction (official
-    # n_div = 12); the constructor and the check must agree on it
+    # n_div = 12); written once, in the constructor (the check gets it from there)
     import inspect
 
     from archbench.models import create_model
 
     assert inspect.signature(Shift).parameters["ratio"].default == 1 / 12
-    assert inspect.signature(Shift.check).parameters["ratio"].default == 1 / 12
+    assert inspect.signature(Shift.check).parameters["ratio"].default is inspect.Parameter.empty
     model = create_model("shiftvit_tiny_light", img_size=32, depths=1)
     ratios = {m.ratio for m in model.modules() if isinstance(m, Shift)}
     assert ratios == {1 / 12}

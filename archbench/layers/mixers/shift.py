@@ -1,6 +1,7 @@
 """ShiftViT's partial shift: a zero-parameter, zero-FLOP token mixer."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -16,6 +17,159 @@ def shift_groups(dim: int, ratio: float) -> int:
     return int(math.floor(dim * ratio + 1e-6))
 
 
+# --------------------------------------------------------------------------- the kernel
+#
+# The output is written once, element by element, by strided copies out of the input and
+# zero fills of only the border a shift opens — no zero fill of whole channels (the paper's
+# Algorithm 1 zero-fills the whole output first; ``benchmarks/shift.py`` measures both).
+#
+# What keeps it a handful of long copies: a shift by one pixel is, in memory, a shift of the
+# group's block by one stride. In contiguous (B, C, H, W), group k of an image is one block
+# of n = g·H·W elements, and its left shift is the flat copy
+# ``out[kn : (k+1)n - 1] = x[kn + 1 : (k+1)n]`` (up: by W elements) — one run per image
+# instead of g·H runs of W - 1. What the flat copy carries across a row (channel) end lands
+# exactly on the column (row) the shift opens, which is zeroed after it. Channels-last
+# (B, H, W, C) is the same with pixels for elements: the left shift of group k moves the
+# image's (H·W, g) channel slab by one pixel. Two groups' copies (or zero fills) go in one op
+# where both fit one strided view: 5 ops in all for (B, C, H, W) — the left+right copy, its
+# zero fill, the up+down copy, its zero fill, the copy of the rest — and 7 in channels-last,
+# whose copies cannot pair. A plan, cached per shape and strides, lists the ops as
+# (size, out_stride, out_offset, in_stride, in_offset), in_stride None meaning "zero-fill".
+
+_NCHW, _NHWC = "nchw", "nhwc"
+
+
+def _merge(ops: list[tuple]) -> list[tuple]:
+    """Two ops of the same size and strides whose offsets (output and input) both grow from
+    one to the other become one op with a size-2 dim after the batch dim; else they stay two."""
+    first, second = sorted(ops, key=lambda op: op[2])
+    (size, os_, oo, is_, io), (size2, os2, oo2, is2, io2) = first, second
+    zero = is_ is None
+    if size != size2 or os_ != os2 or is_ != is2 or (not zero and io2 <= io):
+        return ops
+    ins = None if zero else (is_[0], io2 - io, *is_[1:])
+    return [((size[0], 2, *size[1:]), (os_[0], oo2 - oo, *os_[1:]), oo, ins, io)]
+
+
+def _dense(sizes: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """Whether the dims (outermost first) are dense row-major; a size-1 dim's stride is free."""
+    expected = 1
+    for size, stride in zip(reversed(sizes), reversed(strides)):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(shape: tuple[int, ...], strides: tuple[int, ...], g: int, reverse: bool):
+    """(output memory format, ops) writing ``shift(x)`` (``reverse``: the opposite shift, the
+    gradient) for an input of this shape and strides into a dense output in the input's
+    per-image layout; None when the images are neither dense NCHW nor dense NHWC."""
+    B, C, H, W = shape
+    if _dense((C, H, W), strides[1:]):
+        layout, fmt = _NCHW, torch.contiguous_format
+    elif _dense((H, W, C), (strides[2], strides[3], strides[1])):
+        layout, fmt = _NHWC, torch.channels_last
+    else:
+        return None
+    if B * C * H * W == 0:
+        return fmt, ()
+    sb_o, sb_i = C * H * W, strides[0]  # the input's images may lie apart (a slice of a wider batch)
+    signs = (-1, 1, -1, 1) if reverse else (1, -1, 1, -1)  # src = dst + sign·step, along W (k < 2) or H
+    ops = []
+    for k0 in ((0, 2) if g else ()):
+        copies, zeros = [], []
+        for k in (k0, k0 + 1):
+            sign, along_w = signs[k], k < 2
+            if layout == _NCHW:  # group k is the block [k·n, (k+1)·n) of each image
+                n, step = g * H * W, 1 if along_w else W
+                lo = k * n
+                dst, src = (lo, lo + step) if sign > 0 else (lo + step, lo)
+                copies.append(((B, n - step), (sb_o, 1), dst, (sb_i, 1), src))
+                if along_w:  # the opened column (W - 1 moving left, else 0) of each row of the group
+                    zeros.append(((B, g * H), (sb_o, W), lo + (W - 1 if sign > 0 else 0), None, 0))
+                else:  # the opened row (H - 1 moving up, else 0) of each channel of the group
+                    zeros.append(((B, g, W), (sb_o, H * W, 1), lo + ((H - 1) * W if sign > 0 else 0), None, 0))
+            else:  # NHWC: group k is channels [k·g, (k+1)·g) of each of the image's H·W pixels
+                step = C if along_w else W * C  # one pixel / one row of pixels, in elements
+                lo = k * g
+                dst, src = (lo, lo + step) if sign > 0 else (lo + step, lo)
+                copies.append(((B, H * W - (1 if along_w else W), g), (sb_o, C, 1), dst, (sb_i, C, 1), src))
+                if along_w:
+                    zeros.append(((B, H, g), (sb_o, W * C, 1), lo + ((W - 1) * C if sign > 0 else 0), None, 0))
+                else:
+                    zeros.append(((B, W, g), (sb_o, C, 1), lo + ((H - 1) * W * C if sign > 0 else 0), None, 0))
+        ops += _merge(copies) + _merge(zeros)  # the zeros after the copies that run over the border
+    if layout == _NCHW:  # the channels that stay
+        ops.append(((B, (C - 4 * g) * H * W), (sb_o, 1), 4 * g * H * W, (sb_i, 1), 4 * g * H * W))
+    else:
+        ops.append(((B, H * W, C - 4 * g), (sb_o, C, 1), 4 * g, (sb_i, C, 1), 4 * g))
+    return fmt, tuple(op for op in ops if all(s > 0 for s in op[0]))
+
+
+def _shift_sliced(x: torch.Tensor, g: int, reverse: bool) -> torch.Tensor:
+    """Any strides, and what ``torch.compile`` traces: the same writes as slices of (B, C, H, W)."""
+    out = torch.empty_like(x)
+    a, b, c, d = (slice(i * g, (i + 1) * g) for i in ((1, 0, 3, 2) if reverse else range(4)))
+    out[:, a, :, :-1] = x[:, a, :, 1:]  # moves left
+    out[:, a, :, -1:] = 0
+    out[:, b, :, 1:] = x[:, b, :, :-1]  # moves right
+    out[:, b, :, :1] = 0
+    out[:, c, :-1, :] = x[:, c, 1:, :]  # moves up
+    out[:, c, -1:, :] = 0
+    out[:, d, 1:, :] = x[:, d, :-1, :]  # moves down
+    out[:, d, :1, :] = 0
+    out[:, 4 * g:] = x[:, 4 * g:]
+    return out
+
+
+def _shift(x: torch.Tensor, g: int, reverse: bool = False) -> torch.Tensor:
+    """The shift (``reverse``: the opposite one) without autograd: (B, C, H, W) → same
+    shape; dense (B, C, H, W) or channels-last images give the same layout back."""
+    plan = _plan(x.shape, x.stride(), g, reverse)
+    if plan is None:
+        return _shift_sliced(x, g, reverse)
+    fmt, ops = plan
+    out = torch.empty_like(x, memory_format=fmt)
+    base = x.storage_offset()
+    for size, o_stride, o_off, i_stride, i_off in ops:
+        view = out.as_strided(size, o_stride, o_off)
+        if i_stride is None:
+            view.zero_()
+        else:
+            view.copy_(x.as_strided(size, i_stride, base + i_off))
+    return out
+
+
+class _ShiftFunction(torch.autograd.Function):
+    """The shift with its exact gradient, the opposite shift (written the same way) —
+    what autograd would derive from the slice copies, without its per-slice nodes."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, g: int, reverse: bool) -> torch.Tensor:
+        return _shift(x, g, reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, ctx.g, ctx.reverse = inputs
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return partial_shift(grad, ctx.g, reverse=not ctx.reverse), None, None
+
+
+def partial_shift(x: torch.Tensor, g: int, *, reverse: bool = False) -> torch.Tensor:
+    """ShiftViT's shift of ``g`` channels per direction: (B, C, H, W) → (B, C, H, W), in the
+    input's memory format (contiguous or channels-last). ``reverse`` shifts the other way
+    (right, left, down, up: the gradient of the shift)."""
+    if torch.compiler.is_compiling():
+        return _shift_sliced(x, g, reverse)  # plain slices: the compiler fuses them, autograd included
+    if x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing():
+        return _ShiftFunction.apply(x, g, reverse)
+    return _shift(x, g, reverse)  # no graph to build, or a trace (FLOP counters) that sees the copies
+
+
 @MIXERS.register("shift")
 class Shift(nn.Module):
     """Partial shift (Wang et al., AAAI 2022). With g = floor(C·ratio) channels per
@@ -24,14 +178,17 @@ class Shift(nn.Module):
     copied. Applied inline (``residual = False``): ShiftViT's block is
     ``x = shift(x); x = x + MLP(norm(x))``. Input and output (B, C, H, W).
 
-    Implementation: zero only the 4g shifted channels (a contiguous block per image), then
-    slice copies — less memory traffic than the paper's Algorithm 1, which zero-fills the
-    whole output before overwriting most of it (``benchmarks/shift.py`` measures both).
+    Implementation (:func:`partial_shift`): one pass that writes each output element once
+    — a few long strided copies plus zero fills of only the opened border — in the input's
+    memory format (channels-last stays channels-last), and a backward that is the opposite
+    shift written the same way (``benchmarks/shift.py`` compares both with a plain copy and
+    with the paper's Algorithm 1).
     """
 
     layout = Layout.NCHW
     residual = False
     reads_prefix = False
+    home_macro = "pyramid"  # ShiftViT (Swin's macro)
 
     def __init__(self, dim: int, *, heads: int, grid: tuple[int, int], ratio: float = 1 / 12):
         super().__init__()
@@ -39,7 +196,7 @@ class Shift(nn.Module):
         self.g = shift_groups(dim, ratio)
 
     @staticmethod
-    def check(dim: int, heads: int, grid, ratio: float = 1 / 12) -> None:
+    def check(dim: int, heads: int, grid, *, ratio: float) -> None:
         if not 0 < ratio <= 0.25:
             raise UsageError(f"shift: ratio={ratio!r} must be in (0, 1/4] (the fraction of channels "
                              "moved in each of the four directions)")
@@ -54,13 +211,5 @@ class Shift(nn.Module):
         return f"ratio={self.ratio:.4g}, channels_per_direction={self.g}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.g
-        out = torch.empty_like(x)
-        out[:, :4 * g].zero_()
-        a, b, c, d = (slice(i * g, (i + 1) * g) for i in range(4))
-        out[:, a, :, :-1] = x[:, a, :, 1:]  # left
-        out[:, b, :, 1:] = x[:, b, :, :-1]  # right
-        out[:, c, :-1, :] = x[:, c, 1:, :]  # up
-        out[:, d, 1:, :] = x[:, d, :-1, :]  # down
-        out[:, 4 * g:] = x[:, 4 * g:]
-        return out
+        """(B, C, H, W) → (B, C, H, W), same memory format."""
+        return partial_shift(x, self.g)
