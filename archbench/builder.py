@@ -11,13 +11,10 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from archbench.grammar import load_parts
+from archbench.grammar import home_macro, load_parts, stage_defaults
 from archbench.registry import MACROS, MIXERS
 from archbench.spec import ArchSpec, StageSpec, StemSpec, _pair
 from archbench.errors import UsageError
-
-HOME_MACRO = {"msa": "isotropic", "shift": "pyramid", "outlook": "two-stage",
-              "cross-attn": "two-branch", "dmixer": "pyramid", "none": "pyramid"}
 
 # the shorthand's own keys; any other key must be an ArchSpec field
 SHORTHAND = ("macro", "mixer", "ffn", "depths", "dims", "heads", "mlp_ratio", "patch_size",
@@ -80,7 +77,7 @@ def make_spec(**kw: Any) -> ArchSpec:
     mixers = _seq("mixer", kw.get("mixer")) or ("msa",)
     for m in mixers:
         MIXERS.get(m)
-    macro = HOME_MACRO.get(mixers[0], "isotropic") if kw.get("macro") is None else kw["macro"]
+    macro = home_macro(mixers[0]) if kw.get("macro") is None else kw["macro"]
     MACROS.get(macro)
     # a value given is kept, 0 included (validated with the spec); only None means "unset"
     img = _pair(224 if kw.get("img_size") is None else kw["img_size"], "img_size")
@@ -104,9 +101,7 @@ def make_spec(**kw: Any) -> ArchSpec:
 
     stages = []
     for i in range(n):
-        mopts = dict(kw.get("mixer_options") or {})
-        if mixer_l[i] == "dmixer" and pyr and "sr_ratio" not in mopts:
-            mopts["sr_ratio"] = 2 ** (n - 1 - i)  # TransXNet's 8, 4, 2, 1 over four stages
+        mopts = {**stage_defaults(MIXERS.get(mixer_l[i]), i, n, macro), **(kw.get("mixer_options") or {})}
         stages.append(StageSpec(depth=depths[i], dim=dims[i], heads=heads[i], mixer=mixer_l[i],
                                 mixer_options=mopts, ffn=ffn_l[i],
                                 ffn_options=dict(kw.get("ffn_options") or {}), mlp_ratio=float(ratios[i]),

@@ -30,6 +30,19 @@ def load_parts() -> None:
     import archbench.macros  # noqa: F401
 
 
+def home_macro(mixer: str) -> str:
+    """The macro-architecture a mixer comes from (its class attribute ``home_macro``): where the
+    shorthand puts it when no macro is given."""
+    return getattr(MIXERS.get(mixer), "home_macro", "isotropic")
+
+
+def stage_defaults(part: type, index: int, n_stages: int, macro: str) -> dict[str, Any]:
+    """Options a part sets per stage (its optional ``stage_options(index, n_stages, macro)``),
+    e.g. D-Mixer's spatial reduction shrinking along a pyramid; given options win over these."""
+    fn = getattr(part, "stage_options", None)
+    return dict(fn(index, n_stages, macro)) if fn else {}
+
+
 def option_defaults(cls: type, reserved: tuple[str, ...]) -> dict[str, Any]:
     """A part's options: its keyword arguments with defaults, minus the block-supplied ones."""
     sig = inspect.signature(cls.__init__)
@@ -158,10 +171,14 @@ def validate(spec: "ArchSpec") -> None:
     for i, (st, grid) in enumerate(zip(spec.stages, grids)):
         mixer, ffn = MIXERS.get(st.mixer), FFNS.get(st.ffn)
         try:
+            # a part's check gets every option, defaults from its constructor filled in: the
+            # defaults are written once, in the signature, and cannot drift from the check's
             if hasattr(mixer, "check"):
-                mixer.check(st.dim, st.heads, grid, **st.mixer_options.as_dict())
+                mixer.check(st.dim, st.heads, grid, **{**option_defaults(mixer, MIXER_ARGS),
+                                                       **st.mixer_options.as_dict()})
             if hasattr(ffn, "check"):
-                ffn.check(st.dim, int(st.dim * st.mlp_ratio), **st.ffn_options.as_dict())
+                ffn.check(st.dim, int(st.dim * st.mlp_ratio), **{**option_defaults(ffn, FFN_ARGS),
+                                                                 **st.ffn_options.as_dict()})
         except ValueError as e:
             raise UsageError(f"stage {i} ({st.mixer} + {st.ffn}, dim {st.dim}, grid "
                              f"{grid[0]}x{grid[1]}): {e}") from None

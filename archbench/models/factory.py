@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from archbench.builder import HOME_MACRO, build_model
-from archbench.grammar import MIXER_ARGS, FFN_ARGS, load_parts, option_defaults
+from archbench.builder import build_model
+from archbench.grammar import FFN_ARGS, MIXER_ARGS, load_parts, option_defaults, stage_defaults
 from archbench.registry import FFNS, MIXERS, MODELS
 from archbench.spec import ArchSpec
 from archbench.errors import UsageError
@@ -78,8 +78,8 @@ def override_spec(spec: ArchSpec, **overrides: Any) -> ArchSpec:
                 if v != st[key]:
                     old = spec.stages[i].mixer_options if key == "mixer" else spec.stages[i].ffn_options
                     st[f"{key}_options"] = _keep_options(old, cls, reserved)
-                    if key == "mixer" and v == "dmixer" and spec.macro == "pyramid":
-                        st["mixer_options"].setdefault("sr_ratio", 2 ** (n - 1 - i))
+                    if key == "mixer":
+                        st["mixer_options"] = {**stage_defaults(cls, i, n, spec.macro), **st["mixer_options"]}
                 st[key] = v
     for key in ("mixer_options", "ffn_options"):
         if key in ov:
@@ -167,4 +167,4 @@ def _check_two_branch_resize(spec: ArchSpec, img) -> None:
                          f"patch_size too (e.g. img_size={H}, patch_size=4 gives branches of 4 and 8)")
 
 
-__all__ = ["create_model", "list_models", "get_entry", "override_spec", "HOME_MACRO"]
+__all__ = ["create_model", "list_models", "get_entry", "override_spec"]

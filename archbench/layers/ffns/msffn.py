@@ -44,7 +44,7 @@ class MSFFN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     @staticmethod
-    def check(dim: int, hidden: int, kernels: tuple[int, ...] = (1, 3, 5, 7)) -> None:
+    def check(dim: int, hidden: int, *, kernels: tuple[int, ...]) -> None:
         if not kernels or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
             raise UsageError(f"msffn: kernels={kernels!r} must be odd positive integers")
         if hidden < len(kernels):

@@ -1,6 +1,6 @@
 """Token mixers: the part of a block that moves information between positions.
 
-The constructor contract every mixer follows (the block relies on it):
+The contract as types: :class:`archbench.layers.parts.TokenMixer`. In words (the block relies on it):
 
 - class attribute ``layout``: the :class:`~archbench.layers.layout.Layout` its ``forward``
   consumes and returns (``TOKENS``, ``NCHW``, ``NHWC``, or ``ANY`` for pointwise mixers);
@@ -13,8 +13,17 @@ The constructor contract every mixer follows (the block relies on it):
   token grid at the spec's image size (for position biases); ``layout`` is passed as a
   keyword too, only to ``ANY`` mixers. Options are typed keyword arguments with defaults;
   there is no ``**kwargs`` sink, so a misspelt option is refused when the spec is made;
-- optional ``staticmethod check(dim, heads, grid, **options)`` raising ``ValueError`` with a
-  message naming the bad value and what is allowed;
+- class attribute ``home_macro``: the macro-architecture it comes from (where the shorthand
+  puts it when no macro is given);
+- optional ``staticmethod check(dim, heads, grid, *, <options>)`` raising ``ValueError`` with a
+  message naming the bad value and what is allowed; it gets every option, the constructor's
+  defaults filled in, so it declares none of its own;
+- optional ``staticmethod stage_options(index, n_stages, macro)``: per-stage option defaults;
 - optional ``tie_to(first)``: share per-stage parameters with the stage's first mixer.
 """
-from archbench.layers.mixers import cross_attn, dmixer, identity, msa, outlook, shift  # noqa: F401
+import importlib
+import pkgutil
+
+# every module here is a mixer that registers itself: adding one is adding its file
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

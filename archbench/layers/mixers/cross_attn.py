@@ -30,6 +30,7 @@ class CrossAttention(nn.Module):
     layout = Layout.NHWC
     residual = True
     reads_prefix = False
+    home_macro = "two-branch"  # CrossViT
 
     def __init__(self, dim: int, *, heads: int, grid: tuple[int, int], qkv_bias: bool = True, scale: int = 2,
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -43,7 +44,7 @@ class CrossAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     @staticmethod
-    def check(dim: int, heads: int, grid, scale: int = 2, **_) -> None:
+    def check(dim: int, heads: int, grid, *, scale: int, **_) -> None:
         if dim % heads:
             raise UsageError(f"cross-attn: heads={heads} does not divide dim={dim}")
         if scale < 1:

@@ -103,6 +103,7 @@ class DMixer(nn.Module):
     layout = Layout.NCHW
     residual = True
     reads_prefix = False
+    home_macro = "pyramid"  # TransXNet
 
     def __init__(self, dim: int, *, heads: int, grid: tuple[int, int], kernel: int = 7, groups: int = 2,
                  sr_ratio: int = 1, reduction: int = 8, rel_pos: bool = True):
@@ -117,8 +118,13 @@ class DMixer(nn.Module):
             nn.Conv2d(inner, dim, 1), nn.BatchNorm2d(dim))
 
     @staticmethod
-    def check(dim: int, heads: int, grid, kernel: int = 7, groups: int = 2, sr_ratio: int = 1,
-              reduction: int = 8, rel_pos: bool = True) -> None:
+    def stage_options(index: int, n_stages: int, macro: str) -> dict:
+        """On a pyramid, OSRA's spatial reduction shrinks with the map: TransXNet's 8, 4, 2, 1."""
+        return {"sr_ratio": 2 ** (n_stages - 1 - index)} if macro == "pyramid" else {}
+
+    @staticmethod
+    def check(dim: int, heads: int, grid, *, kernel: int, groups: int, sr_ratio: int, reduction: int,
+              rel_pos: bool) -> None:
         if dim % 2 or dim < 8:
             raise UsageError(f"dmixer: dim={dim} must be even and >= 8 (it is split in half, and IDConv "
                              "squeezes a half by 4)")

@@ -16,6 +16,7 @@ class NoMixer(nn.Module):
     layout = Layout.ANY
     residual = False
     reads_prefix = False
+    home_macro = "pyramid"  # the control arm of ShiftViT's study
 
     def __init__(self, dim: int, *, heads: int, grid: tuple[int, int], layout: Layout):
         super().__init__()

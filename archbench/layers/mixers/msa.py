@@ -19,6 +19,7 @@ class Attention(nn.Module):
     layout = Layout.TOKENS
     residual = True
     reads_prefix = True
+    home_macro = "isotropic"  # ViT / DeiT
 
     def __init__(self, dim: int, *, heads: int, grid: tuple[int, int], qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -30,7 +31,7 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     @staticmethod
-    def check(dim: int, heads: int, grid, **options) -> None:
+    def check(dim: int, heads: int, grid, **_) -> None:
         if dim % heads:
             raise UsageError(f"msa: heads={heads} does not divide dim={dim}")
 

@@ -23,6 +23,7 @@ class OutlookAttention(nn.Module):
     layout = Layout.NHWC
     residual = True
     reads_prefix = False
+    home_macro = "two-stage"  # VOLO
 
     def __init__(self, dim: int, *, heads: int, grid: tuple[int, int], kernel: int = 3, padding: int = 1,
                  stride: int = 2, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -37,7 +38,7 @@ class OutlookAttention(nn.Module):
         self.pool = nn.AvgPool2d(kernel_size=stride, stride=stride, ceil_mode=True)
 
     @staticmethod
-    def check(dim: int, heads: int, grid, kernel: int = 3, padding: int = 1, stride: int = 2, **_) -> None:
+    def check(dim: int, heads: int, grid, *, kernel: int, padding: int, stride: int, **_) -> None:
         if dim % heads:
             raise UsageError(f"outlook: heads={heads} does not divide dim={dim}")
         if kernel < 1 or kernel % 2 == 0:
