@@ -137,3 +137,15 @@ def test_augment_crop_and_flip_against_the_written_out_rule():
     assert torch.equal(out[0], xp[0, :, 0:4, 0:4])  # shifted down-right, zeros in row 0 / column 0
     assert torch.equal(out[1], xp[1, :, 2:6, 1:5].flip(-1))  # shifted up, then mirrored
     assert not torch.equal(out, x)
+
+
+def test_a_training_set_smaller_than_the_batch_trains_one_short_batch(tmp_path, capsys):
+    # regression: crop offsets were drawn for the whole batch (64) and applied to the 10 images there are
+    from archbench.cli import main
+
+    argv = ["run", "--dataset", "digits", "--limit-train", "12", "--limit-test", "20", "--batch-size", "64",
+            "--epochs", "1", "--mixer", "shift", "--ffn", "mlp", "--dims", "16", "--depths", "1", "--json",
+            "--out", str(tmp_path / "runs")]
+    assert main(argv) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["status"] == "ok" and row["train_images"] == 10

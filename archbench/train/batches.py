@@ -101,7 +101,8 @@ class MemoryBatches:
             if self.augment:
                 if ahead is None:  # drawn for the whole global batch, so every rank stays in step
                     ahead_g = draw_offsets(B, crop_pad(*xb.shape[-2:]), self.data.flip, gen)
-                    offs = tuple(t if t is None else t[r * b:(r + 1) * b] for t in ahead_g)
+                    # a set smaller than the batch makes one short batch: the offsets of its images
+                    offs = tuple(t if t is None else t[r * b:r * b + len(idx)] for t in ahead_g)
                 else:
                     offs = tuple(t if t is None else t[mine] for t in ahead)
                 xb = augment(xb, flip=self.data.flip, offsets=offs)
