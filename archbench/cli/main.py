@@ -8,18 +8,26 @@ import time
 
 import yaml
 
-from archbench.cli import ablate, evaluate, models, profile, run, search, spec, study
+from archbench.cli import ablate, evaluate, models, profile, run, scale, search, spec, study
 from archbench.cli.console import _cuda
 from archbench.errors import UsageError
 
 EXIT_USAGE = 2
-COMMANDS = (spec, profile, run, evaluate, search, ablate, study, models)  # the order of `archbench --help`
+COMMANDS = (spec, profile, scale, run, evaluate, search, ablate, study, models)  # the order of `archbench --help`
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with our convention for bad input: one line naming the command, exit 2 (its usage
+    block is what ``-h`` is for). Subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from archbench.cli import __doc__ as doc
 
-    p = argparse.ArgumentParser(prog="archbench", description=doc.splitlines()[0])
+    p = Parser(prog="archbench", description=doc.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     default_device = "cuda" if _cuda() else "cpu"
     for command in COMMANDS:
