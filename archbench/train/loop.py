@@ -56,16 +56,15 @@ def evaluate(model: nn.Module, batches, *, device: torch.device, num_classes: in
              ctx: Dist = Dist()) -> dict[str, float]:
     """Top-1/top-5 (%) on the test split (all ranks' shards summed), and eval throughput (images/s)."""
     model.eval()
+    from archbench.train.evaluate import count_correct
+
     correct1 = correct5 = n = 0
-    k = min(5, num_classes)
     t0 = time.perf_counter()
     for xb, yb in batches.eval_batches():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(xb)
-        top = logits.float().topk(k, dim=1).indices
-        correct1 += (top[:, 0] == yb).sum().item()
-        correct5 += (top == yb[:, None]).any(dim=1).sum().item()
-        n += len(yb)
+        c1, c5 = count_correct(logits, yb)
+        correct1, correct5, n = correct1 + c1, correct5 + c5, n + len(yb)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
