@@ -28,3 +28,35 @@ def _fmt(v, digits=3):
     return str(v)
 
 
+
+
+def training_progress(console, epochs: int, steps: int, quiet: bool):
+    """``archbench run``'s progress: a bar over epochs and one over the epoch's steps, and a line
+    per epoch. A context manager yielding ``(bar, on_step, on_epoch)`` for the training loop's
+    callbacks (the loop-overhead benchmark times the loop with exactly these)."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def manager():
+        cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+        with Progress(*cols, console=console, transient=True, disable=quiet) as bar:
+            ep_task = bar.add_task("epochs", total=epochs, info="")
+            st_task = bar.add_task("steps", total=steps, info="")
+
+            def on_step(epoch, step, loss):
+                bar.update(st_task, completed=step + 1, info=f"loss {loss:.3f}")
+
+            def on_epoch(epoch, m):
+                bar.update(ep_task, completed=epoch, info=f"top-1 {m['top1']:.2f}%  {m['train_throughput']:.0f} img/s")
+                bar.reset(st_task, total=steps, info="")
+                if not quiet:
+                    bar.console.print(f"epoch {epoch:3d}/{epochs}  loss {m['loss']:.4f}  top-1 {m['top1']:6.2f}%  "
+                                      f"top-5 {m['top5']:6.2f}%  {m['train_throughput']:7.1f} img/s  "
+                                      f"{m['epoch_seconds']:.1f}s")
+
+            yield bar, on_step, on_epoch
+
+    return manager()

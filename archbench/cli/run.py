@@ -6,7 +6,7 @@ import sys
 
 from archbench.cli.args import (_count, _device, add_model_args, add_train_args, data_into_args,
                                 inputs_from_args, recipe_from_args, spec_from_args)
-from archbench.cli.console import _console, _fmt
+from archbench.cli.console import _console, _fmt, training_progress
 from archbench.errors import UsageError
 from archbench.results import check_table, check_writable, table_path, table_stem
 
@@ -28,7 +28,6 @@ def add_parser(sub, default_device: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from archbench.measure.memory import check_fits
@@ -62,25 +61,8 @@ def cmd_run(args) -> int:
     dist.init(ctx, device)
     n_train = data.subset(args.limit_train, args.limit_test).n_train
     steps = max(1, n_train // recipe.batch_size)
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn()]
-    console = _console()
     quiet = args.json or not ctx.main
-    with Progress(*cols, console=console, transient=True, disable=quiet) as bar:
-        ep_task = bar.add_task("epochs", total=recipe.epochs, info="")
-        st_task = bar.add_task("steps", total=steps, info="")
-
-        def on_step(epoch, step, loss):
-            bar.update(st_task, completed=step + 1, info=f"loss {loss:.3f}")
-
-        def on_epoch(epoch, m):
-            bar.update(ep_task, completed=epoch, info=f"top-1 {m['top1']:.2f}%  {m['train_throughput']:.0f} img/s")
-            bar.reset(st_task, total=steps, info="")
-            if not quiet:
-                bar.console.print(f"epoch {epoch:3d}/{recipe.epochs}  loss {m['loss']:.4f}  top-1 {m['top1']:6.2f}%  "
-                                  f"top-5 {m['top5']:6.2f}%  {m['train_throughput']:7.1f} img/s  "
-                                  f"{m['epoch_seconds']:.1f}s")
-
+    with training_progress(_console(), recipe.epochs, steps, quiet) as (bar, on_step, on_epoch):
         def say(line):
             if ctx.main:
                 bar.console.print(line, style="dim", highlight=False, soft_wrap=True)
@@ -118,5 +100,5 @@ def cmd_run(args) -> int:
         t.add_row("error", row["error"])
     if out is not None:
         t.caption = f"row appended to {table_path(out)} / .csv"
-    console.print(t)
+    _console().print(t)
     return 0 if row["status"] == "ok" else 1
