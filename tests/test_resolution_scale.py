@@ -111,3 +111,9 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, needle):
     assert code == 2 and needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # refused before anything was measured or written
+
+
+def test_a_model_without_a_head_is_timed_too():
+    base = make_spec(macro="isotropic", dims=DIM, depths=DEPTH, heads=1, patch_size=PATCH, num_classes=0)
+    (row,) = measure_grid(candidates(base, (32,)), batch_size=2, repeats=1).to_dict("records")
+    assert row["status"] == "ok" and row["train_throughput"] > 0 and row["tokens"] == 16

@@ -78,7 +78,7 @@ def cmd_scale(args) -> int:
                                  f"Model: {cands[0].name} ({describe(base)}).",
                                  f"Inference and training batch {args.batch_size} (latency batch 1), "
                                  f"{args.repeats} timed calls after 2 warm-up calls, medians; training step: "
-                                 "cross-entropy, backward, AdamW step; peak memory: "
+                                 "logsumexp of the output, backward, AdamW step; peak memory: "
                                  + ("CUDA max allocated (weights included)" if args.device.startswith("cuda")
                                     else "growth of the process's resident set") + "."])
     sl = slopes(df)

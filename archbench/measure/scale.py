@@ -31,7 +31,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from archbench.errors import UsageError
 from archbench.spec import ArchSpec
@@ -208,7 +207,8 @@ class _Peak:
 def measure_cell(model: torch.nn.Module, input_size: tuple[int, int, int], *, batch_size: int, repeats: int,
                  device: torch.device, warmup: int = 2) -> dict[str, float]:
     """Inference throughput and peak memory at ``batch_size``, batch-1 latency (median and p90),
-    training-step throughput and peak memory (cross-entropy, backward, AdamW step, zero_grad),
+    training-step throughput and peak memory (a logsumexp loss of the output, as ``profile``'s —
+    any head, none included — backward, AdamW step, zero_grad),
     each over ``repeats`` timed calls after ``warmup`` untimed ones, synchronised. The model's
     weights are updated by the training steps: give it a throwaway model."""
     from archbench.measure.speed import time_calls
@@ -217,7 +217,6 @@ def measure_cell(model: torch.nn.Module, input_size: tuple[int, int, int], *, ba
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, *input_size, generator=gen).to(device)
     x1 = torch.randn(1, *input_size, generator=gen).to(device)
-    y = torch.randint(0, model.num_classes, (batch_size,), generator=gen).to(device)
     model.eval()
     with torch.inference_mode():
         with _Peak(device) as infer_peak:
@@ -227,7 +226,7 @@ def measure_cell(model: torch.nn.Module, input_size: tuple[int, int, int], *, ba
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
     def step():
-        loss = F.cross_entropy(model(x), y)
+        loss = model(x).float().logsumexp(dim=-1).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
