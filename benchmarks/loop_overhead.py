@@ -19,14 +19,14 @@ tell the bar's cost from the loop's. Two paths:
 Gradient clipping is off (``clip_grad=0``) so both do the same arithmetic. Each loop's speed is
 the images of an epoch over that epoch's training time (evaluation excluded; ours: the
 ``train_throughput`` its history records). ``--rounds`` rounds per path, each in a fresh process
-(one untimed epoch first, then each loop for ``--epochs`` epochs, the loops taking turns to go
-first, every loop from the same initial weights): within one process the heap's layout can
+(each loop once untimed first, then each loop for ``--epochs`` epochs, the loops taking turns to
+go first, every loop from the same initial weights): within one process the heap's layout can
 favour one loop by ±5 %, the same way every round, so a process per round makes that noise
 that the median absorbs. Reported: the median img/s of each, the median and range of the
 per-round ratios ours / bare, and the ratio of the medians. The JPEG folder is generated
 (seeded) under ``--data-dir``. Writes ``results/benchmarks/loop_overhead.{csv,md}``.
 
-    python benchmarks/loop_overhead.py [--rounds 6] [--epochs 1] [--threads N] [--paths memory,stream]
+    python benchmarks/loop_overhead.py [--rounds 5] [--epochs 1] [--threads N] [--paths memory,stream]
 """
 from __future__ import annotations
 
@@ -118,15 +118,17 @@ LOOPS = ("ours", "ours_quiet", "bare")
 
 
 def one_round(args, path: str, first: int) -> dict[str, list[float]]:
-    """One round in this process: the path's batches, one untimed bare epoch (the process's
-    one-off costs), then each loop once, starting with ``LOOPS[first]``."""
+    """One round in this process: the path's batches, each loop once untimed (the process's
+    one-off costs: the first forward, the DataLoader's workers, rich's first render), then
+    each loop once, timed, starting with ``LOOPS[first]``."""
     torch.set_num_threads(args.threads if path == "memory" else args.stream_threads)
     spec, recipe = setup(args)
     data = load_dataset("imagefolder", args.data_dir)
     batches, _ = make_batches(data, spec.img_size, recipe, Inputs(cache=CACHE[path], workers=args.workers), seed=0,
                               device=torch.device("cpu"))
     loops = {"ours": run_ours, "ours_quiet": partial(run_ours, bar_shown=False), "bare": run_bare}
-    run_bare(spec, batches, recipe)  # warm-up: untimed
+    for k in LOOPS:  # warm-up: untimed
+        loops[k](spec, batches, recipe)
     return {k: loops[k](spec, batches, recipe) for k in LOOPS[first:] + LOOPS[:first]}
 
 
@@ -142,7 +144,7 @@ CACHE = {"memory": "memory", "stream": "disk"}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=6, help="rounds per path, each in a fresh process")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per path, each in a fresh process")
     ap.add_argument("--epochs", type=int, default=1, help="epochs per loop per round")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--train-images", type=int, default=1920)
@@ -212,7 +214,7 @@ def main() -> None:
                   f"{args.train_images} seeded 32 px JPEGs generated under {args.data_dir}; small recipe, AdamW, "
                   "label smoothing 0.1, clip_grad 0 (both loops: the same arithmetic), batched crop/flip.  ",
                   f"Images/s: median over {args.rounds} rounds × {args.epochs} epoch(s) of each loop, each round "
-                  "in a fresh process (one untimed epoch first; evaluation excluded; every loop from the same "
+                  "in a fresh process (each loop once untimed first; evaluation excluded; every loop from the same "
                   "initial weights, the loops taking turns to go first). `ratio`: median over rounds of ours / "
                   "bare in that round (`ratio_min`, `ratio_max`: their range); `ratio_of_medians`: "
                   "ours_img_s / bare_img_s; `ratio_quiet`: as `ratio`, for ours_quiet.  ",
