@@ -5,6 +5,7 @@ Every check raises ``ValueError`` with a message that names the bad value, where
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,11 @@ def stage_defaults(part: type, index: int, n_stages: int, macro: str) -> dict[st
 
 def option_defaults(cls: type, reserved: tuple[str, ...]) -> dict[str, Any]:
     """A part's options: its keyword arguments with defaults, minus the block-supplied ones."""
+    return dict(_option_defaults(cls, reserved))
+
+
+@functools.lru_cache(maxsize=None)  # read on every spec, twice a stage: the signature never changes
+def _option_defaults(cls: type, reserved: tuple[str, ...]) -> dict[str, Any]:
     sig = inspect.signature(cls.__init__)
     return {n: p.default for n, p in sig.parameters.items()
             if n != "self" and n not in reserved and p.default is not inspect.Parameter.empty}

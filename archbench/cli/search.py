@@ -60,7 +60,6 @@ def cmd_search(args) -> int:
 
     from rich.progress import Progress
 
-    from archbench.results import _replace
     from archbench.search.report import trials_table
     from archbench.search.run import run_search
     from archbench.search.space import load_space
@@ -74,19 +73,19 @@ def cmd_search(args) -> int:
     check_writable(Path(args.results_dir), "--results-dir")
     if args.checkpoint_dir:
         check_writable(Path(args.checkpoint_dir), "--checkpoint-dir")
-    check_satisfiable(*resolve_space(space))
+    resolved = resolve_space(space)
+    check_satisfiable(*resolved)
     storage = args.storage or default_storage(space, args.results_dir)
     name = args.study or space.name
-    open_study(space, storage, name)  # fails cleanly on a bad URL, before any worker starts
+    study = open_study(space, storage, name)  # fails cleanly on a bad URL, before any worker starts
     with Progress(transient=True, disable=args.json) as bar:
         task = bar.add_task(f"study {name}", total=args.trials)
         outcome = run_search(args.space, trials=args.trials, storage=storage, study_name=name, workers=args.workers,
                              device=args.device, timeout=args.timeout, checkpoints=args.checkpoint_dir,
-                             on_progress=lambda n: bar.update(task, completed=min(n, args.trials)))
-    df = trials_table(open_study(space, storage, name))
-    out = Path(args.results_dir) / name
-    _replace(df, out.parent / f"{out.name}.parquet")
-    _replace(df, out.parent / f"{out.name}.csv")
+                             on_progress=lambda n: bar.update(task, completed=min(n, args.trials)),
+                             resolved=resolved)
+    df = trials_table(study)
+    out = _write_table(df, args.results_dir, name)
     summary = {**dataclasses.asdict(outcome), "table": f"{out}.parquet"}
     if args.json:
         print(json.dumps(summary))
@@ -137,11 +136,8 @@ def cmd_results(args) -> int:
     from archbench.search.report import trials_table
 
     df = trials_table(_load_study(args))
-    out = Path(args.results_dir) / args.study
-    from archbench.results import _replace
-    check_writable(out.parent, "--results-dir")
-    _replace(df, out.parent / f"{out.name}.parquet")
-    _replace(df, out.parent / f"{out.name}.csv")
+    check_writable(Path(args.results_dir), "--results-dir")
+    _write_table(df, args.results_dir, args.study)
     if args.json:
         print(df.drop(columns=["spec", "history"]).to_json(orient="records", date_format="iso"))
     else:
@@ -149,21 +145,31 @@ def cmd_results(args) -> int:
     return 0
 
 
-def _stem(path: str | Path, suffixes: tuple[str, ...]) -> Path:
-    """An output stem: a known suffix is dropped, any other dot kept (``runs.v2`` stays ``runs.v2``)."""
+def _write_table(df, results_dir: str, name: str) -> Path:
+    """A study's trials as ``RESULTS_DIR/NAME.parquet`` and ``.csv`` (the name keeps its dots); returns the stem."""
+    from archbench.results import _replace, table_path
+
+    out = Path(results_dir) / name
+    _replace(df, table_path(out, ".parquet"))
+    _replace(df, table_path(out, ".csv"))
+    return out
+
+
+def _plot_stem(path: str | Path) -> Path:
+    """The plot's stem: a trailing .png or .svg is dropped, any other dot kept (``front.v2``)."""
     path = Path(path)
-    return path.with_suffix("") if path.suffix.lower() in suffixes else path
+    return path.with_suffix("") if path.suffix.lower() in (".png", ".svg") else path
 
 
 def _overlay(arg: str):
     import pandas as pd
 
-    path = Path(arg)
-    stem = _stem(path, (".parquet", ".csv"))
-    for candidate, read in ((path, None), (stem.parent / f"{stem.name}.parquet", pd.read_parquet),
-                            (stem.parent / f"{stem.name}.csv", pd.read_csv)):
+    from archbench.results import table_path, table_stem
+
+    stem = table_stem(arg)  # a .parquet or .csv file, or its stem
+    for suffix, read in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        candidate = table_path(stem, suffix)
         if candidate.is_file():
-            read = read or (pd.read_csv if candidate.suffix.lower() == ".csv" else pd.read_parquet)
             df = read(candidate)
             if "gmacs" not in df and "gmacs_fvcore" in df:
                 df = df.assign(gmacs=df["gmacs_fvcore"])
@@ -175,7 +181,7 @@ def cmd_plot(args) -> int:
     from archbench.search.report import plot_pareto, trials_table
 
     overlay = _overlay(args.overlay) if args.overlay else None  # checked before the study is read
-    out = _stem(args.out or Path(args.results_dir) / f"{args.study}_{args.y}_vs_{args.x}", (".png", ".svg"))
+    out = _plot_stem(args.out or Path(args.results_dir) / f"{args.study}_{args.y}_vs_{args.x}")
     check_writable(out.parent, "--out")
     df = trials_table(_load_study(args))
     data = plot_pareto(df, args.x, args.y, out, title=f"study {args.study}: {args.y} vs {args.x}", overlay=overlay)

@@ -88,6 +88,8 @@ def plot_pareto(df: pd.DataFrame, x: str, y: str, out: str | Path, title: str = 
     labelled; untrained or failed trials left out. Writes PNG and SVG; returns the plotted data."""
     import matplotlib
 
+    from archbench.results import table_path
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -124,7 +126,7 @@ def plot_pareto(df: pd.DataFrame, x: str, y: str, out: str | Path, title: str = 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    png, svg = out.parent / f"{out.name}.png", out.parent / f"{out.name}.svg"  # the stem keeps its dots
+    png, svg = table_path(out, ".png"), table_path(out, ".svg")  # the stem keeps its dots
     fig.savefig(png)
     fig.savefig(svg)
     plt.close(fig)

@@ -134,18 +134,19 @@ def summarize(study: optuna.Study, storage: str, target: int, size: int | None) 
 
 def run_search(space_path: str | Path, *, trials: int, storage: str, study_name: str, workers: int = 1,
                device: str = "cpu", timeout: float | None = None, checkpoints: str | None = None,
-               on_progress: Callable[[int], None] | None = None) -> Outcome:
+               on_progress: Callable[[int], None] | None = None, resolved=None) -> Outcome:
     """Bring the study to ``trials`` distinct finished configurations with ``workers`` processes.
 
     The caller has validated the space and opened the study once (so a bad storage URL fails
-    before any worker starts). ``timeout``: seconds after which no new trial starts."""
+    before any worker starts). ``timeout``: seconds after which no new trial starts. ``resolved``: the
+    space and base spec :func:`~archbench.search.study.resolve_space` gave, when the caller has them."""
     import multiprocessing as mp
 
     from archbench.search.claims import space_size
     from archbench.search.space import load_space
     from archbench.search.study import open_study, resolve_space
 
-    space, base_spec = resolve_space(load_space(space_path))
+    space, base_spec = resolved or resolve_space(load_space(space_path))
     size = space_size(space, base_spec)
     study = open_study(space, storage, study_name)
     deadline = time.time() + timeout if timeout else None

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -272,12 +274,11 @@ def make_objective(space: SearchSpace, *, device: str = "cpu", target: int = 1 <
     cons = space.constraints
     rule = halving_rule(space)
 
-    def objective(trial: optuna.Trial):
-        import os
-        import socket
+    worker = f"{socket.gethostname()}:{os.getpid()}"
 
+    def objective(trial: optuna.Trial):
         values = _suggest(trial, space)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker", worker)
         try:
             spec, invalid = make_spec(**apply(space, values, base_spec)), None
         except ValueError as e:
