@@ -42,7 +42,9 @@ def training_progress(console, epochs: int, steps: int, quiet: bool):
     def manager():
         cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
-        with Progress(*cols, console=console, transient=True, disable=quiet) as bar:
+        # 2 redraws a second, not rich's 10: a redraw holds the GIL ~2 ms, time the training
+        # thread waits for (benchmarks/loop_overhead.py measured 10 Hz at ~5 % of a 1-thread step)
+        with Progress(*cols, console=console, transient=True, disable=quiet, refresh_per_second=2) as bar:
             ep_task = bar.add_task("epochs", total=epochs, info="")
             st_task = bar.add_task("steps", total=steps, info="")
 

@@ -85,12 +85,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def update(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, *, clip_grad: float = 0.0,
            ema=None, step: int | None = None) -> None:
-    """One optimiser update from ``loss``: backward, clip the global grad norm, step, EMA."""
-    opt.zero_grad(set_to_none=True)
+    """One optimiser update from ``loss``: backward, clip the global grad norm, step, EMA; the
+    gradients are then dropped, so the next forward runs without them held in memory."""
     loss.backward()
     if clip_grad:
         nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     opt.step()
+    opt.zero_grad(set_to_none=True)
     if ema is not None:
         ema.update(model, step=step)
 
@@ -153,6 +154,7 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     use_amp = device.type == "cuda"
     opt = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.peak_lr)
+    opt.zero_grad(set_to_none=True)  # update() clears gradients after its step: none may be left from before
     steps = batches.steps_per_epoch
     sched = Schedule(opt, recipe, steps)
     mixup = soft_ce = None
