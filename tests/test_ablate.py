@@ -329,3 +329,24 @@ def test_run_identity_includes_numerics(tmp_path):
     gpu = dataclasses.replace(cpu, device="cuda")
     assert len(pending(cpu)) == 0 and len(pending(gpu)) == 2
     assert elsewhere(gpu) == {"fp32": 2} and elsewhere(cpu) == {}
+
+
+@pytest.mark.slow  # builds and matches the profile's arms, writes every table and plot: ~40 s
+def test_study_report_only_needs_no_images(tmp_path, capsys):
+    """--report-only reports what is trained: on a machine without CIFAR-10 (no --data-dir)
+    the cifar10 profile still writes its report (every arm untrained here) instead of
+    asking for the data it would not read."""
+    out = tmp_path / "study"
+    assert main(["study", "shiftvit", "--profile", "cpu", "--sections", "mlp_ratio", "--report-only",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    assert "--data-dir" not in capsys.readouterr().err
+    assert (out / "report.md").exists()
+
+
+def test_dataset_shapes_known_without_reading_match_the_data():
+    """SHAPES (what --report-only uses for run keys) against the loaded data where it ships
+    (digits; CIFAR is not on a test machine)."""
+    from archbench.train.data import SHAPES, load_dataset
+
+    d = load_dataset("digits")
+    assert SHAPES["digits"] == (d.num_classes, d.in_chans)

@@ -69,7 +69,7 @@ def cmd_study(args) -> int:
     from archbench.ablate.plan import numerics
     from archbench.ablate.runner import AutoSeeds, elsewhere, finished, load_runs, missing, pending, run_auto, seed_counts
     from archbench.studies import shiftvit
-    from archbench.train.data import load_dataset
+    from archbench.train.data import SHAPES, load_dataset
 
     if args.study not in STUDIES:
         raise UsageError(f"unknown study {args.study!r}; known: {', '.join(STUDIES)}")
@@ -96,13 +96,17 @@ def cmd_study(args) -> int:
     dataset = prof.dataset if args.dataset is None else args.dataset
     args.recipe = prof.recipe_preset if args.recipe is None else args.recipe
     recipe = recipe_from_args(args, base=prof.recipe)
-    data = load_dataset(dataset, args.data_dir, args.download)
-    for line in getattr(data, "notes", ()):
-        note(line)
+    if args.report_only and dataset in SHAPES:  # a report of what is trained reads no images
+        num_classes, in_chans = SHAPES[dataset]
+    else:
+        data = load_dataset(dataset, args.data_dir, args.download)
+        for line in getattr(data, "notes", ()):
+            note(line)
+        num_classes, in_chans = data.num_classes, data.in_chans
     cfg = {"name": dataset, "data_dir": args.data_dir, "download": args.download,
            "limit_train": args.limit_train if args.limit_train is not None else prof.limit_train,
            "limit_test": args.limit_test if args.limit_test is not None else prof.limit_test,
-           "num_classes": data.num_classes, "in_chans": data.in_chans}
+           "num_classes": num_classes, "in_chans": in_chans}
     command = "archbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["study"] else \
         f"archbench study shiftvit --profile {pname}"
     console = _console()

@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from archbench.errors import UsageError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+# (classes, channels) of the named datasets, known without reading them: what a report of
+# runs already trained needs (the run key), where the data itself may not be on this machine
+SHAPES = {"digits": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3)}
 
 
 @dataclass
