@@ -80,7 +80,8 @@ def medians_us(fns: dict, rounds: int, block_s: float) -> dict[str, float]:
     return {k: statistics.median(v) * 1e6 for k, v in times.items()}
 
 
-def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, block_s: float) -> dict:
+def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, block_s: float,
+                compiled: bool = False) -> dict:
     B, C, H, W = shape
     shift = Shift(C, heads=1, grid=(H, W))
     g = shift.g
@@ -88,8 +89,12 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
         x = torch.randn(shape).contiguous(memory_format=fmt)
         y = shift(x)
         assert torch.equal(y, algorithm1(x, g)) and y.is_contiguous(memory_format=fmt)
-        fwd = medians_us({"ours": lambda: shift(x), "algorithm1": lambda: algorithm1(x, g),
-                          "copy": lambda: x.clone()}, rounds, block_s)
+        fns = {"ours": lambda: shift(x), "algorithm1": lambda: algorithm1(x, g), "copy": lambda: x.clone()}
+        if compiled:  # the module under torch.compile (inductor): the slices fused into one generated kernel
+            fused = torch.compile(shift, dynamic=False)
+            assert torch.equal(fused(x), y)
+            fns["compiled"] = lambda: fused(x)
+        fwd = medians_us(fns, rounds, block_s)
     # backward: one graph per function, retained, so that a call times the backward pass only
     x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_(True)
     dy = torch.randn(shape).contiguous(memory_format=fmt)
@@ -101,6 +106,7 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
     bwd = medians_us({k: (lambda y=y: torch.autograd.grad(y, x, dy, retain_graph=True)) for k, y in graphs.items()},
                      rounds, block_s)
     return {"ours_us": fwd["ours"], "algorithm1_us": fwd["algorithm1"], "copy_us": fwd["copy"],
+            **({"compiled_us": fwd["compiled"]} if compiled else {}),
             "ours_bwd_us": bwd["ours"], "algorithm1_bwd_us": bwd["algorithm1"], "copy_bwd_us": bwd["copy"],
             "clone_bwd_us": bwd["clone"]}
 
@@ -112,6 +118,8 @@ def main() -> None:
     ap.add_argument("--block-ms", type=float, default=4.0, help="time per function per round")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time the forward of the module under torch.compile (inductor; needs a C++ compiler)")
     ap.add_argument("--out", default="results/benchmarks/shift")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,11 +129,12 @@ def main() -> None:
     for fmt_name in args.formats.split(","):
         for C, H, W in SHAPES:
             shape = (args.batch_size, C, H, W)
-            t = bench_shape(shape, FORMATS[fmt_name], args.rounds, args.block_ms / 1e3)
+            t = bench_shape(shape, FORMATS[fmt_name], args.rounds, args.block_ms / 1e3, args.compiled)
             rows.append({"shape": "x".join(map(str, shape)), "format": fmt_name,
                          "MB": round(torch.Size(shape).numel() * 4 / 2 ** 20, 2),
                          **{k: round(v, 1) for k, v in t.items()},
                          "ours_vs_copy": round(t["ours_us"] / t["copy_us"], 2),
+                         **({"compiled_vs_copy": round(t["compiled_us"] / t["copy_us"], 2)} if args.compiled else {}),
                          "ours_bwd_vs_copy": round(t["ours_bwd_us"] / t["copy_bwd_us"], 2),
                          "speedup_vs_algorithm1": round(t["algorithm1_us"] / t["ours_us"], 2),
                          "bwd_speedup_vs_algorithm1": round(t["algorithm1_bwd_us"] / t["ours_bwd_us"], 2),
@@ -141,6 +150,8 @@ def main() -> None:
     pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
     cols = ["shape", "format", "MB", "ours_us", "algorithm1_us", "copy_us", "ours_vs_copy", "ours_bwd_us",
             "algorithm1_bwd_us", "copy_bwd_us", "ours_bwd_vs_copy", "clone_bwd_us"]
+    if args.compiled:
+        cols[6:6] = ["compiled_us", "compiled_vs_copy"]
     notes = ["Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224, fp32).  ",
              "Forward (`ours_us`, `algorithm1_us`, `copy_us`): inference mode; copy = `x.clone()`.  ",
              "Backward (`*_bwd_us`): `torch.autograd.grad(y, x, dy, retain_graph=True)` on one retained graph "
@@ -148,6 +159,9 @@ def main() -> None:
              "autograd function, like ours, whose backward is a plain `dy.clone()`** — engine and function "
              "overhead included, as in ours. `clone_bwd_us`: the same call through `x.clone()`, whose backward "
              "passes `dy` on uncopied (the engine's own cost); a plain `dy.clone()` costs `copy_us`.  ",
+             *(["`compiled_us`: the forward of the same module under `torch.compile(dynamic=False)` (inductor's "
+                "generated C++ kernel for the slice form), after compiling; the same inference mode.  "]
+               if args.compiled else []),
              f"1-minute load average while it ran: {load} ({os.cpu_count()} cores; well above 0 means other "
              "jobs shared them and the numbers are noisy, the 2-thread kernels most of all)."]
     write_report(out.with_suffix(".md"), "Shift: ours vs a plain copy vs the paper's Algorithm 1, forward and backward",

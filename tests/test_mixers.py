@@ -191,6 +191,45 @@ def test_shift_in_every_layout_matches_algorithm1(C, H, W, n_div, layout, nan_em
         assert not y.is_contiguous() or H * W == 1  # (B, C, 1, 1) is both
 
 
+def algorithm1_reverse(x: torch.Tensor, g: int) -> torch.Tensor:
+    """The opposite shift (the gradient): Algorithm 1 with each group's direction flipped."""
+    out = torch.zeros_like(x)
+    out[:, 0 * g:1 * g, :, 1:] = x[:, 0 * g:1 * g, :, :-1]
+    out[:, 1 * g:2 * g, :, :-1] = x[:, 1 * g:2 * g, :, 1:]
+    out[:, 2 * g:3 * g, 1:, :] = x[:, 2 * g:3 * g, :-1, :]
+    out[:, 3 * g:4 * g, :-1, :] = x[:, 3 * g:4 * g, 1:, :]
+    out[:, 4 * g:, :, :] = x[:, 4 * g:, :, :]
+    return out
+
+
+BIT_VIEWS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+             torch.float64: torch.int64}
+
+
+@pytest.mark.parametrize("dtype", list(BIT_VIEWS))
+@pytest.mark.parametrize("C,H,W,n_div", [(24, 5, 7, 12), (8, 3, 4, 4), (4, 1, 1, 4), (8, 1, 5, 4), (9, 4, 1, 4)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "storage_offset"])
+def test_shift_and_its_opposite_keep_every_bit(dtype, C, H, W, n_div, layout, nan_empty):
+    """Bit for bit against Algorithm 1 (and its opposite), with NaN, ±inf and -0.0 in the
+    input: the border is +0.0 whatever the neighbour held, every other value keeps its bits.
+    ratio 1/4 leaves no channel after the groups (the opposite shift's runs read less)."""
+    from archbench.layers.mixers.shift import partial_shift
+
+    g = C // n_div
+    x = torch.randn(3, C, H, W).to(dtype)
+    x.view(-1)[::5] = float("nan")
+    x.view(-1)[1::7] = float("inf")
+    x.view(-1)[2::7] = -float("inf")
+    x.view(-1)[3::4] = -0.0
+    bits = BIT_VIEWS[dtype]
+    xin = shift_layouts(x.float())[layout].to(dtype) if dtype != torch.float32 else shift_layouts(x)[layout]
+    if dtype != torch.float32:  # the layouts are built in fp32; put the exact bits back
+        xin.copy_(x)
+    for reverse, ref in ((False, algorithm1), (True, algorithm1_reverse)):
+        y = partial_shift(xin, g, reverse=reverse)
+        assert torch.equal(y.contiguous().view(bits), ref(x, g).view(bits)), f"reverse={reverse}"
+
+
 def test_shift_gradient_passes_gradcheck():
     m = Shift(8, heads=1, grid=(3, 4), ratio=1 / 4)  # every direction, 2 channels each
     for x in (torch.randn(2, 8, 3, 4, dtype=torch.float64),
