@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from archbench.layers.mixers.shift import Shift  # noqa: E402
+from archbench.layers import native  # noqa: E402
+from archbench.layers.mixers.shift import KERNEL, Shift, _native_fn, _shift  # noqa: E402
 from archbench.measure.speed import device_name  # noqa: E402
 from archbench.results import provenance, write_report  # noqa: E402
 
@@ -81,7 +82,7 @@ def medians_us(fns: dict, rounds: int, block_s: float) -> dict[str, float]:
 
 
 def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, block_s: float,
-                compiled: bool = False) -> dict:
+                compiled: bool = False, ops_column: bool = False) -> dict:
     B, C, H, W = shape
     shift = Shift(C, heads=1, grid=(H, W))
     g = shift.g
@@ -90,6 +91,9 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
         y = shift(x)
         assert torch.equal(y, algorithm1(x, g)) and y.is_contiguous(memory_format=fmt)
         fns = {"ours": lambda: shift(x), "algorithm1": lambda: algorithm1(x, g), "copy": lambda: x.clone()}
+        if ops_column:  # our PyTorch-op form, where the C kernel is what `ours` runs
+            assert torch.equal(_shift(x, g, allow_native=False), y)
+            fns["torch_ops"] = lambda: _shift(x, g, allow_native=False)
         if compiled:  # the module under torch.compile (inductor): the slices fused into one generated kernel
             fused = torch.compile(shift, dynamic=False)
             assert torch.equal(fused(x), y)
@@ -106,6 +110,7 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
     bwd = medians_us({k: (lambda y=y: torch.autograd.grad(y, x, dy, retain_graph=True)) for k, y in graphs.items()},
                      rounds, block_s)
     return {"ours_us": fwd["ours"], "algorithm1_us": fwd["algorithm1"], "copy_us": fwd["copy"],
+            "torch_ops_us": fwd.get("torch_ops", fwd["ours"]),
             **({"compiled_us": fwd["compiled"]} if compiled else {}),
             "ours_bwd_us": bwd["ours"], "algorithm1_bwd_us": bwd["algorithm1"], "copy_bwd_us": bwd["copy"],
             "clone_bwd_us": bwd["clone"]}
@@ -129,8 +134,11 @@ def main() -> None:
     for fmt_name in args.formats.split(","):
         for C, H, W in SHAPES:
             shape = (args.batch_size, C, H, W)
-            t = bench_shape(shape, FORMATS[fmt_name], args.rounds, args.block_ms / 1e3, args.compiled)
-            rows.append({"shape": "x".join(map(str, shape)), "format": fmt_name,
+            # the C kernel takes dense (B, C, H, W) images; channels-last runs the PyTorch ops
+            kernel = "native" if fmt_name == "contiguous" and _native_fn() is not None else "torch ops"
+            t = bench_shape(shape, FORMATS[fmt_name], args.rounds, args.block_ms / 1e3, args.compiled,
+                            ops_column=kernel == "native")
+            rows.append({"shape": "x".join(map(str, shape)), "format": fmt_name, "kernel": kernel,
                          "MB": round(torch.Size(shape).numel() * 4 / 2 ** 20, 2),
                          **{k: round(v, 1) for k, v in t.items()},
                          "ours_vs_copy": round(t["ours_us"] / t["copy_us"], 2),
@@ -148,12 +156,16 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
-    cols = ["shape", "format", "MB", "ours_us", "algorithm1_us", "copy_us", "ours_vs_copy", "ours_bwd_us",
+    cols = ["shape", "format", "kernel", "MB", "ours_us", "torch_ops_us", "algorithm1_us", "copy_us", "ours_vs_copy",
+            "ours_bwd_us",
             "algorithm1_bwd_us", "copy_bwd_us", "ours_bwd_vs_copy", "clone_bwd_us"]
     if args.compiled:
-        cols[6:6] = ["compiled_us", "compiled_vs_copy"]
+        cols[8:8] = ["compiled_us", "compiled_vs_copy"]
     notes = ["Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224, fp32).  ",
              "Forward (`ours_us`, `algorithm1_us`, `copy_us`): inference mode; copy = `x.clone()`.  ",
+             f"`kernel`: what `ours` ran — `native`: the C kernel, {native.status(KERNEL)}, one call for the batch "
+             "(dense (B, C, H, W) on the CPU); `torch ops`: the PyTorch-op form (views, copies, border fills). "
+             "`torch_ops_us`: the PyTorch-op form timed in the same rounds (= `ours_us` where that is what ran).  ",
              "Backward (`*_bwd_us`): `torch.autograd.grad(y, x, dy, retain_graph=True)` on one retained graph "
              "(autograd engine + the op's backward). **Backward copy baseline (`copy_bwd_us`): a copy as a custom "
              "autograd function, like ours, whose backward is a plain `dy.clone()`** — engine and function "

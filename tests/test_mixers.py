@@ -167,6 +167,20 @@ def shift_layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.fixture(params=["native", "torch-ops"])
+def kernel(request, monkeypatch):
+    """Both forms of the shift: the C kernel (where it builds here) and the PyTorch ops."""
+    from archbench.layers import native
+    from archbench.layers.mixers import shift as shift_module
+
+    if request.param == "native":
+        if shift_module._native_fn() is None:
+            pytest.skip(f"the C kernel is not built here: {native.status(shift_module.KERNEL)}")
+    else:
+        monkeypatch.setattr(shift_module, "_native_fn", lambda: None)
+    return request.param
+
+
 @pytest.fixture
 def nan_empty(monkeypatch):
     """torch.empty_like hands out NaN-filled memory: an element the shift forgets to write
@@ -179,7 +193,7 @@ def nan_empty(monkeypatch):
                                          (13, 1, 1, 12), (32, 6, 2, 16), (26, 3, 5, 6)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "storage_offset", "batch_gap", "tokens_grid",
                                     "transposed"])
-def test_shift_in_every_layout_matches_algorithm1(C, H, W, n_div, layout, nan_empty):
+def test_shift_in_every_layout_matches_algorithm1(C, H, W, n_div, layout, nan_empty, kernel):
     m = Shift(C, heads=1, grid=(H, W), ratio=1 / n_div)
     x = torch.randn(3, C, H, W)
     y = m(shift_layouts(x)[layout])
@@ -209,7 +223,7 @@ BIT_VIEWS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.floa
 @pytest.mark.parametrize("dtype", list(BIT_VIEWS))
 @pytest.mark.parametrize("C,H,W,n_div", [(24, 5, 7, 12), (8, 3, 4, 4), (4, 1, 1, 4), (8, 1, 5, 4), (9, 4, 1, 4)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "storage_offset"])
-def test_shift_and_its_opposite_keep_every_bit(dtype, C, H, W, n_div, layout, nan_empty):
+def test_shift_and_its_opposite_keep_every_bit(dtype, C, H, W, n_div, layout, nan_empty, kernel):
     """Bit for bit against Algorithm 1 (and its opposite), with NaN, ±inf and -0.0 in the
     input: the border is +0.0 whatever the neighbour held, every other value keeps its bits.
     ratio 1/4 leaves no channel after the groups (the opposite shift's runs read less)."""
@@ -230,7 +244,7 @@ def test_shift_and_its_opposite_keep_every_bit(dtype, C, H, W, n_div, layout, na
         assert torch.equal(y.contiguous().view(bits), ref(x, g).view(bits)), f"reverse={reverse}"
 
 
-def test_shift_gradient_passes_gradcheck():
+def test_shift_gradient_passes_gradcheck(kernel):
     m = Shift(8, heads=1, grid=(3, 4), ratio=1 / 4)  # every direction, 2 channels each
     for x in (torch.randn(2, 8, 3, 4, dtype=torch.float64),
               torch.randn(2, 8, 3, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last),
@@ -241,7 +255,7 @@ def test_shift_gradient_passes_gradcheck():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "tokens_grid", "transposed"])
-def test_shift_gradient_is_autograd_through_algorithm1(layout, nan_empty):
+def test_shift_gradient_is_autograd_through_algorithm1(layout, nan_empty, kernel):
     m = Shift(24, heads=1, grid=(5, 6))  # γ = 1/12: 2 channels per direction, 16 stay
     x = torch.randn(2, 24, 5, 6)
     grad_out = torch.randn(2, 24, 5, 6)

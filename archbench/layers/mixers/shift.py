@@ -1,12 +1,15 @@
 """ShiftViT's partial shift: a zero-parameter, zero-FLOP token mixer."""
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from archbench.layers import native
 from archbench.layers.layout import Layout
 from archbench.registry import MIXERS
 from archbench.errors import UsageError
@@ -124,13 +127,39 @@ def _shift_sliced(x: torch.Tensor, g: int, reverse: bool) -> torch.Tensor:
     return out
 
 
-def _shift(x: torch.Tensor, g: int, reverse: bool = False) -> torch.Tensor:
+KERNEL = Path(__file__).with_name("shift_kernel.c")
+
+
+@functools.lru_cache(maxsize=None)
+def _native_fn():
+    """The C kernel (``shift_kernel.c``) for dense (B, C, H, W) images on the CPU, or None
+    where it cannot be built (:mod:`archbench.layers.native`)."""
+    lib = native.load(KERNEL)
+    if lib is None:
+        return None
+    fn = lib.archbench_shift_nchw
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 7 + [ctypes.c_int]
+    fn.restype = ctypes.c_int  # 1: its masks could not be allocated
+    return fn
+
+
+def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = True) -> torch.Tensor:
     """The shift (``reverse``: the opposite one) without autograd: (B, C, H, W) → same
-    shape; dense (B, C, H, W) or channels-last images give the same layout back."""
+    shape; dense (B, C, H, W) or channels-last images give the same layout back.
+    ``allow_native=False``: the PyTorch-op form even where the C kernel would run."""
     plan = _plan(x.shape, x.stride(), g, reverse)
     if plan is None:
         return _shift_sliced(x, g, reverse)
     fmt, ops = plan
+    if (allow_native and fmt == torch.contiguous_format and x.is_cpu and type(x) is torch.Tensor
+            and (x.is_floating_point() or not x.is_complex()) and not torch.jit.is_tracing() and (fn := _native_fn())):
+        # one call for the whole batch: the ops below cost ~20 µs of Python-level calls
+        out = torch.empty_like(x, memory_format=fmt)
+        B, C, H, W = x.shape
+        if fn(x.data_ptr(), out.data_ptr(), B, C, H, W, g, x.element_size(), x.stride(0) * x.element_size(),
+              int(reverse)):
+            raise MemoryError(f"shift: no memory for the border masks of a {H}x{W} map")
+        return out
     out = torch.empty_like(x, memory_format=fmt)
     base = x.storage_offset()
     for size, o_stride, o_off, i_stride, i_off in ops:

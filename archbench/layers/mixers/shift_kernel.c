@@ -1,0 +1,94 @@
+/* ShiftViT's partial shift on dense (B, C, H, W) images, one call for the whole batch.
+ *
+ * Compiled at first use by archbench/layers/native.py (plain C, no torch headers) and called
+ * through ctypes from shift.py: the PyTorch-op form costs ~15 Python-level calls (views,
+ * copies, fills), ~20 us on this project's CPU, as long as copying a whole 7x7 stage.
+ *
+ * Group k of g channels: 0 moves left (takes its right neighbour), 1 right, 2 up, 3 down;
+ * reverse (the gradient) moves each the other way. Channels from 4g on are copied. Elements
+ * are moved as bytes (es bytes each), so any dtype works; a zero is all bits zero (+0.0).
+ * Every output element is written once; every input element is read once.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Keep the copy loops loops (compilers turn them back into memcpy calls otherwise: glibc's
+ * memcpy uses `rep movsb` for long copies, which on AMD Zen runs at half speed or worse when
+ * source and destination are misaligned to each other, as every shifted run here is), and
+ * build them for AVX2 too, picked at load time where the CPU has it (GCC's function clones). */
+#if defined(__clang__)
+#define LOOP_KERNEL __attribute__((no_builtin("memcpy")))
+#elif defined(__GNUC__) && defined(__x86_64__)
+#define LOOP_KERNEL __attribute__((optimize("no-tree-loop-distribute-patterns"), target_clones("avx2", "default")))
+#elif defined(__GNUC__)
+#define LOOP_KERNEL __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define LOOP_KERNEL
+#endif
+
+/* dst = src & mask, byte by byte */
+LOOP_KERNEL static void and_bytes(unsigned char *restrict dst, const unsigned char *restrict src,
+                                  const unsigned char *restrict mask, int64_t count) {
+    for (int64_t i = 0; i < count; i++)
+        dst[i] = src[i] & mask[i];
+}
+
+/* One direction group (g channels of `plane` bytes) whose value at byte i comes from byte
+ * i + d of the group's block (d = +-1 element: along W, +-1 row: along H), in one pass: the
+ * copy AND a mask whose bytes are 0 on the border the shift opens and 0xFF elsewhere, so the
+ * border is written in the same vectorised loop (as a copy plus a zero store per row, the
+ * g*H scattered stores cost half as much again as the copy on 7x7 maps). The mask covers
+ * `chunk` channels: small maps go `chunk` channels a call (fewer, longer loops). The reads
+ * run over a channel's end into its neighbour's values, which the mask zeroes; the block's
+ * first (last) |d| bytes, whose source would lie outside the group, are border: zeroed, not
+ * read. */
+static void shift_group(const unsigned char *x, unsigned char *out, int64_t g, int64_t plane, int64_t d,
+                        const unsigned char *mask, int64_t chunk) {
+    const int64_t n = g * plane;
+    for (int64_t lo = 0; lo < n; lo += chunk * plane) {
+        const int64_t hi = lo + chunk * plane < n ? lo + chunk * plane : n;
+        int64_t i0 = lo, i1 = hi;
+        if (lo == 0 && d < 0) { memset(out, 0, (size_t)-d); i0 = -d; }
+        if (hi == n && d > 0) { memset(out + n - d, 0, (size_t)d); i1 = n - d; }
+        if (i1 > i0)
+            and_bytes(out + i0, x + i0 + d, mask + (i0 - lo), i1 - i0);
+    }
+}
+
+/* x: B images, image b at x + b * x_batch_bytes, each dense (C, H, W); out: dense (B, C, H, W).
+ * Returns 0, or 1 when the masks could not be allocated (nothing written). */
+int archbench_shift_nchw(const unsigned char *x, unsigned char *out, int64_t B, int64_t C, int64_t H,
+                         int64_t W, int64_t g, int64_t es, int64_t x_batch_bytes, int reverse) {
+    const int64_t plane = H * W * es, block = g * plane, image = C * plane;
+    /* d (bytes) and the border mask of each group: forward left, right, up, down */
+    const int64_t row = W * es;
+    const int64_t d[4] = {reverse ? -es : es, reverse ? es : -es, reverse ? -row : row, reverse ? row : -row};
+    /* channels per masked call: about 8 KB (one channel where a channel is larger) */
+    const int64_t chunk = plane >= 8192 ? 1 : (8192 / plane < g ? 8192 / plane : g);
+    const int64_t mbytes = chunk * plane;  /* one direction's mask: `chunk` channels */
+    unsigned char *masks = NULL;
+    if (g > 0) {
+        masks = malloc((size_t)(4 * mbytes));
+        if (masks == NULL) return 1;
+        memset(masks, 0xFF, (size_t)(4 * mbytes));
+        for (int k = 0; k < 4; k++)
+            for (int64_t c = 0; c < chunk; c++) {
+                unsigned char *m = masks + k * mbytes + c * plane;
+                if (k < 2)  /* the opened column of every row: W - 1 when the values move left (d > 0) */
+                    for (int64_t r = 0; r < H; r++)
+                        memset(m + r * row + (d[k] > 0 ? row - es : 0), 0, (size_t)es);
+                else        /* the opened row: H - 1 when the values move up (d > 0) */
+                    memset(m + (d[k] > 0 ? plane - row : 0), 0, (size_t)row);
+            }
+    }
+    for (int64_t b = 0; b < B; b++) {
+        const unsigned char *xi = x + b * x_batch_bytes;
+        unsigned char *oi = out + b * image;
+        for (int k = 0; k < 4; k++)
+            shift_group(xi + k * block, oi + k * block, g, plane, d[k], masks + k * mbytes, chunk);
+        memcpy(oi + 4 * block, xi + 4 * block, (size_t)(image - 4 * block));  /* aligned alike: memcpy is fine */
+    }
+    free(masks);
+    return 0;
+}

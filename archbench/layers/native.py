@@ -1,0 +1,77 @@
+"""Small C kernels, compiled at first use and called through ctypes.
+
+For the few layers whose PyTorch-op form is bound by per-op call overhead rather than by
+memory or arithmetic (the shift: ~15 Python-level view/copy/fill calls for one pass over
+the tensor). A kernel is one plain C file beside its layer — no torch headers, so it builds
+in well under a second with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or
+``clang``) — into a per-user cache keyed by the source's hash. Where there is no compiler,
+the build fails, or ``ARCHBENCH_NATIVE=0`` is set, :func:`load` gives None and the layer
+uses its PyTorch form (tested to give the same bits); :func:`status` says which and why.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+ENV = "ARCHBENCH_NATIVE"  # "0": never build or load a kernel
+_why: dict[str, str] = {}  # kernel name → why it is not loaded (or the library it loaded)
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+
+
+def _folders() -> list[Path]:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    return [Path(cache) / "archbench" / "native", Path(tempfile.gettempdir()) / f"archbench-native-{user}"]
+
+
+@functools.lru_cache(maxsize=None)
+def load(source: Path) -> ctypes.CDLL | None:
+    """The compiled library of the C file ``source`` (built now if not cached), or None."""
+    name = source.stem
+    if not enabled():
+        _why[name] = f"{ENV}=0"
+        return None
+    cc = _compiler()
+    if cc is None:
+        _why[name] = "no C compiler (cc, gcc, clang or $CC)"
+        return None
+    key = hashlib.sha256(source.read_bytes() + cc.encode()).hexdigest()[:16]
+    errors = []
+    for folder in _folders():
+        lib = folder / f"{name}-{key}.so"
+        try:
+            if not lib.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = folder / f".{lib.name}.{os.getpid()}.tmp"  # processes building at once each rename a whole file
+                subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", str(tmp), str(source)],
+                               check=True, capture_output=True, text=True, timeout=120)
+                os.replace(tmp, lib)
+            loaded = ctypes.CDLL(str(lib))
+        except subprocess.CalledProcessError as e:
+            errors.append(f"{cc} failed: {(e.stderr or '').strip().splitlines()[-1:] or e.returncode}")
+        except (OSError, subprocess.SubprocessError) as e:
+            errors.append(f"{folder}: {e}")
+        else:
+            _why[name] = str(lib)
+            return loaded
+    _why[name] = "; ".join(errors)
+    return None
+
+
+def status(source: Path) -> str:
+    """'native (LIBRARY)' or 'torch ops (WHY)': what :func:`load` gave for ``source``."""
+    lib = load(source)
+    return f"native ({_why[source.stem]})" if lib is not None else f"torch ops ({_why[source.stem]})"
