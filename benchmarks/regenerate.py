@@ -127,7 +127,9 @@ def check_studies(tmp: Path) -> dict:
         if old_md != new_md:
             n = sum(a != b for a, b in zip(old_md, new_md)) + abs(len(old_md) - len(new_md))
             diffs.append(f"{folder}/report.md: {n} lines differ")
-    return {"cmd": cmds, "cols": ["every column of each *_arms.csv", "report.md but its timing line"], "diff": diffs}
+    return {"cmd": cmds, "cols": ["every column of each *_arms.csv",
+                                  "report.md but its timing line and the data line naming the folder given"],
+            "diff": diffs}
 
 
 def check_search(tmp: Path) -> dict:
@@ -178,7 +180,8 @@ def main() -> None:
         cmds = res["cmd"] if isinstance(res["cmd"][0], list) else [res["cmd"]]
         verdict = "**identical**" if not res["diff"] else "**differs**"
         lines += [f"## {name}: {verdict} ({time.time() - t0:.0f} s)", ""]
-        lines += [f"    {' '.join(c).replace(d, '<tmp>')}" for c in cmds] + [""]
+        shown = lambda c: " ".join(c).replace(d, "<tmp>").replace(sys.executable, "python").replace(f"{ROOT}/", "")  # noqa: E731
+        lines += [f"    {shown(c)}" for c in cmds] + [""]
         lines += [f"Compared: {', '.join(res['cols'])}.", ""]
         lines += [f"- {x}" for x in res["diff"]]
         if res.get("new_cols"):
