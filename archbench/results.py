@@ -164,9 +164,12 @@ def provenance(**extra: Any) -> dict[str, Any]:
         except Exception:  # noqa: BLE001
             return "unknown"
 
+    from archbench.layers.native import summary
+
     return {
         "torch": torch.__version__, "timm": timm.__version__, "fvcore": ver("fvcore"),
         "ptflops": getattr(ptflops, "__version__", ver("ptflops")), "python": platform.python_version(),
+        "native_kernels": summary(),  # a shift model's speed depends on which form of the shift ran
         "host": platform.node(), "git_commit": git_commit(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra,
     }

@@ -43,3 +43,14 @@ def test_the_shift_kernel_builds_here():
 
     assert isinstance(native.load(KERNEL), ctypes.CDLL), native.status(KERNEL)
     assert _native_fn() is not None
+
+
+def test_rows_say_which_form_of_the_shift_ran():
+    """A results row's provenance names the kernels the process used (speed depends on them)."""
+    import torch
+
+    from archbench.layers.mixers.shift import Shift
+    from archbench.results import provenance
+
+    Shift(24, heads=1, grid=(4, 4))(torch.randn(2, 24, 4, 4))
+    assert "shift_kernel=native" in provenance()["native_kernels"]

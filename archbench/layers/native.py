@@ -21,6 +21,7 @@ from pathlib import Path
 
 ENV = "ARCHBENCH_NATIVE"  # "0": never build or load a kernel
 _why: dict[str, str] = {}  # kernel name → why it is not loaded (or the library it loaded)
+_loaded: set[str] = set()  # kernel names loaded in this process
 
 
 def enabled() -> bool:
@@ -66,6 +67,7 @@ def load(source: Path) -> ctypes.CDLL | None:
             errors.append(f"{folder}: {e}")
         else:
             _why[name] = str(lib)
+            _loaded.add(name)
             return loaded
     _why[name] = "; ".join(errors)
     return None
@@ -75,3 +77,11 @@ def status(source: Path) -> str:
     """'native (LIBRARY)' or 'torch ops (WHY)': what :func:`load` gave for ``source``."""
     lib = load(source)
     return f"native ({_why[source.stem]})" if lib is not None else f"torch ops ({_why[source.stem]})"
+
+
+def summary() -> str:
+    """The kernels this process asked for and what each runs as, for a results row's
+    provenance: ``shift_kernel=native``, or ``shift_kernel=torch ops (no C compiler ...)``;
+    empty when no layer asked for one (a model without such a layer)."""
+    return "; ".join(f"{name}=native" if name in _loaded else f"{name}=torch ops ({why})"
+                     for name, why in sorted(_why.items()))

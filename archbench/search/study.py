@@ -362,7 +362,7 @@ def make_objective(space: SearchSpace, *, device: str = "cpu", target: int = 1 <
         trial.set_user_attr("peak_mem_mb", peak / 2 ** 20)
         trial.set_user_attr("trained", True)
         trial.set_user_attr("provenance", {k: row[k] for k in ("device", "torch", "timm", "git_commit", "timestamp",
-                                                               "threads") if k in row})
+                                                               "threads", "native_kernels") if k in row})
         if row["status"] != "ok":
             trial.set_user_attr("reason", row["error"])
             trial.set_user_attr(claims.FAILED_IN_TRAINING, True)
