@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from archbench.layers import native  # noqa: E402
-from archbench.layers.mixers.shift import KERNEL, Shift, _native_fn, _shift  # noqa: E402
+from archbench.layers.mixers.shift import KERNEL, Shift, _shift  # noqa: E402
 from archbench.measure.speed import device_name  # noqa: E402
 from archbench.results import provenance, write_report  # noqa: E402
 
@@ -135,7 +135,7 @@ def main() -> None:
         for C, H, W in SHAPES:
             shape = (args.batch_size, C, H, W)
             # the C kernel takes dense (B, C, H, W) images; channels-last runs the PyTorch ops
-            kernel = "native" if fmt_name == "contiguous" and _native_fn() is not None else "torch ops"
+            kernel = "native" if fmt_name == "contiguous" and native.load(KERNEL) is not None else "torch ops"
             t = bench_shape(shape, FORMATS[fmt_name], args.rounds, args.block_ms / 1e3, args.compiled,
                             ops_column=kernel == "native")
             rows.append({"shape": "x".join(map(str, shape)), "format": fmt_name, "kernel": kernel,

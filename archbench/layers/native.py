@@ -20,8 +20,7 @@ import tempfile
 from pathlib import Path
 
 ENV = "ARCHBENCH_NATIVE"  # "0": never build or load a kernel
-_why: dict[str, str] = {}  # kernel name → why it is not loaded (or the library it loaded)
-_loaded: set[str] = set()  # kernel names loaded in this process
+_status: dict[str, str] = {}  # kernel name → "native (LIBRARY)" or "torch ops (WHY)", once load() ran
 
 
 def enabled() -> bool:
@@ -43,11 +42,11 @@ def load(source: Path) -> ctypes.CDLL | None:
     """The compiled library of the C file ``source`` (built now if not cached), or None."""
     name = source.stem
     if not enabled():
-        _why[name] = f"{ENV}=0"
+        _status[name] = f"torch ops ({ENV}=0)"
         return None
     cc = _compiler()
     if cc is None:
-        _why[name] = "no C compiler (cc, gcc, clang or $CC)"
+        _status[name] = "torch ops (no C compiler: cc, gcc, clang or $CC)"
         return None
     key = hashlib.sha256(source.read_bytes() + cc.encode()).hexdigest()[:16]
     errors = []
@@ -66,22 +65,20 @@ def load(source: Path) -> ctypes.CDLL | None:
         except (OSError, subprocess.SubprocessError) as e:
             errors.append(f"{folder}: {e}")
         else:
-            _why[name] = str(lib)
-            _loaded.add(name)
+            _status[name] = f"native ({lib})"
             return loaded
-    _why[name] = "; ".join(errors)
+    _status[name] = f"torch ops ({'; '.join(errors)})"
     return None
 
 
 def status(source: Path) -> str:
     """'native (LIBRARY)' or 'torch ops (WHY)': what :func:`load` gave for ``source``."""
-    lib = load(source)
-    return f"native ({_why[source.stem]})" if lib is not None else f"torch ops ({_why[source.stem]})"
+    load(source)
+    return _status[source.stem]
 
 
 def summary() -> str:
     """The kernels this process asked for and what each runs as, for a results row's
     provenance: ``shift_kernel=native``, or ``shift_kernel=torch ops (no C compiler ...)``;
     empty when no layer asked for one (a model without such a layer)."""
-    return "; ".join(f"{name}=native" if name in _loaded else f"{name}=torch ops ({why})"
-                     for name, why in sorted(_why.items()))
+    return "; ".join(f"{name}={'native' if st.startswith('native') else st}" for name, st in sorted(_status.items()))

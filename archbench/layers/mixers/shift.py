@@ -152,7 +152,7 @@ def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = 
         return _shift_sliced(x, g, reverse)
     fmt, ops = plan
     if (allow_native and fmt == torch.contiguous_format and x.is_cpu and type(x) is torch.Tensor
-            and (x.is_floating_point() or not x.is_complex()) and not torch.jit.is_tracing() and (fn := _native_fn())):
+            and not x.is_complex() and not torch.jit.is_tracing() and (fn := _native_fn())):
         # one call for the whole batch: the ops below cost ~20 µs of Python-level calls
         out = torch.empty_like(x, memory_format=fmt)
         B, C, H, W = x.shape
