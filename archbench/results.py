@@ -180,7 +180,7 @@ def write_report(path: str | Path, title: str, command: str, notes: list[str], r
     """A benchmark's markdown report: title, the command, the machine, notes, then the table."""
     r0 = rows[0]
     lines = [f"# {title}", "", f"Command: `{command.strip()}`  ",
-             f"Device: {r0.get('device')}, {r0.get('threads')} threads, fp32, torch {r0.get('torch')}, "
+             f"Device: {r0.get('device')}, {r0.get('threads')} threads, {r0.get('precision', 'fp32')}, torch {r0.get('torch')}, "
              f"timm {r0.get('timm')}, commit {r0.get('git_commit')}, {r0.get('timestamp')}  ", *notes, "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]

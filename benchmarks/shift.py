@@ -9,8 +9,10 @@ measured the same way: a copy as a custom autograd function (as ours is) whose b
 plain ``dy.clone()``. For scale: ``clone_bwd`` is the same call through ``x.clone()``, whose
 backward hands ``dy`` on without copying (the engine's own cost), and a plain ``dy.clone()``
 costs what ``copy_us`` says. Interleaved rounds (order reversed every other round), each a
-block of calls of about ``--block-ms``; median of the per-call means; fixed threads.
-Writes results/benchmarks/shift.{csv,md}.
+block of calls of about ``--block-ms``; median of the per-call means; fixed threads. On CUDA
+(``--device cuda``) each block ends with a device synchronisation, so a call's time is its
+share of the GPU work, launches included; ``--compiled`` then times inductor's Triton kernels
+forward and backward. Writes results/benchmarks/shift.{csv,md}.
 
     python benchmarks/shift.py [--rounds 61] [--block-ms 4] [--formats contiguous,channels_last]
 """
@@ -60,10 +62,15 @@ class CopyFunction(torch.autograd.Function):
         return dy.clone()
 
 
+SYNC = [lambda: None]  # torch.cuda.synchronize when timing a GPU: a block ends when its work has run
+
+
 def per_call(fn, iters: int) -> float:
+    SYNC[0]()
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()
+    SYNC[0]()
     return (time.perf_counter() - t0) / iters
 
 
@@ -82,12 +89,13 @@ def medians_us(fns: dict, rounds: int, block_s: float) -> dict[str, float]:
 
 
 def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, block_s: float,
-                compiled: bool = False, ops_column: bool = False) -> dict:
+                compiled: bool = False, ops_column: bool = False, device: torch.device = torch.device("cpu")) -> dict:
     B, C, H, W = shape
-    shift = Shift(C, heads=1, grid=(H, W))
+    shift = Shift(C, heads=1, grid=(H, W)).to(device)
     g = shift.g
+    fused = torch.compile(shift, dynamic=False) if compiled else None
     with torch.inference_mode():
-        x = torch.randn(shape).contiguous(memory_format=fmt)
+        x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
         y = shift(x)
         assert torch.equal(y, algorithm1(x, g)) and y.is_contiguous(memory_format=fmt)
         fns = {"ours": lambda: shift(x), "algorithm1": lambda: algorithm1(x, g), "copy": lambda: x.clone()}
@@ -95,23 +103,26 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
             assert torch.equal(_shift(x, g, allow_native=False), y)
             fns["torch_ops"] = lambda: _shift(x, g, allow_native=False)
         if compiled:  # the module under torch.compile (inductor): the slices fused into one generated kernel
-            fused = torch.compile(shift, dynamic=False)
             assert torch.equal(fused(x), y)
             fns["compiled"] = lambda: fused(x)
         fwd = medians_us(fns, rounds, block_s)
     # backward: one graph per function, retained, so that a call times the backward pass only
-    x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_(True)
-    dy = torch.randn(shape).contiguous(memory_format=fmt)
+    x = torch.randn(shape, device=device).contiguous(memory_format=fmt).requires_grad_(True)
+    dy = torch.randn(shape, device=device).contiguous(memory_format=fmt)
     graphs = {"ours": shift(x), "algorithm1": algorithm1(x, g), "copy": CopyFunction.apply(x), "clone": x.clone()}
+    if compiled:  # inductor's backward graph, compiled with the forward
+        graphs["compiled"] = fused(x)
     assert "Shift" in type(graphs["ours"].grad_fn).__name__  # our autograd function, not generic slices
     grad = torch.autograd.grad(graphs["ours"], x, dy, retain_graph=True)[0]
     assert torch.equal(grad, torch.autograd.grad(graphs["algorithm1"], x, dy, retain_graph=True)[0])
     assert grad.is_contiguous(memory_format=fmt)
+    if compiled:
+        assert torch.equal(grad, torch.autograd.grad(graphs["compiled"], x, dy, retain_graph=True)[0])
     bwd = medians_us({k: (lambda y=y: torch.autograd.grad(y, x, dy, retain_graph=True)) for k, y in graphs.items()},
                      rounds, block_s)
     return {"ours_us": fwd["ours"], "algorithm1_us": fwd["algorithm1"], "copy_us": fwd["copy"],
             "torch_ops_us": fwd.get("torch_ops", fwd["ours"]),
-            **({"compiled_us": fwd["compiled"]} if compiled else {}),
+            **({"compiled_us": fwd["compiled"], "compiled_bwd_us": bwd["compiled"]} if compiled else {}),
             "ours_bwd_us": bwd["ours"], "algorithm1_bwd_us": bwd["algorithm1"], "copy_bwd_us": bwd["copy"],
             "clone_bwd_us": bwd["clone"]}
 
@@ -125,8 +136,14 @@ def main() -> None:
     ap.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}")
     ap.add_argument("--compiled", action="store_true",
                     help="also time the forward of the module under torch.compile (inductor; needs a C++ compiler)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the C kernel is CPU-only; CUDA runs the PyTorch ops)")
     ap.add_argument("--out", default="results/benchmarks/shift")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit(f"shift.py: error: --device {args.device}: no CUDA GPU is visible to torch {torch.__version__}")
+        SYNC[0] = torch.cuda.synchronize
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]  # other processes on the machine make every number noisy
@@ -135,19 +152,22 @@ def main() -> None:
         for C, H, W in SHAPES:
             shape = (args.batch_size, C, H, W)
             # the C kernel takes dense (B, C, H, W) images; channels-last runs the PyTorch ops
-            kernel = "native" if fmt_name == "contiguous" and native.load(KERNEL) is not None else "torch ops"
+            kernel = ("native" if device.type == "cpu" and fmt_name == "contiguous" and native.load(KERNEL) is not None
+                      else "torch ops")
             t = bench_shape(shape, FORMATS[fmt_name], args.rounds, args.block_ms / 1e3, args.compiled,
-                            ops_column=kernel == "native")
+                            ops_column=kernel == "native", device=device)
             rows.append({"shape": "x".join(map(str, shape)), "format": fmt_name, "kernel": kernel,
                          "MB": round(torch.Size(shape).numel() * 4 / 2 ** 20, 2),
                          **{k: round(v, 1) for k, v in t.items()},
                          "ours_vs_copy": round(t["ours_us"] / t["copy_us"], 2),
-                         **({"compiled_vs_copy": round(t["compiled_us"] / t["copy_us"], 2)} if args.compiled else {}),
+                         **({"compiled_vs_copy": round(t["compiled_us"] / t["copy_us"], 2),
+                             "compiled_bwd_vs_copy": round(t["compiled_bwd_us"] / t["copy_bwd_us"], 2)}
+                            if args.compiled else {}),
                          "ours_bwd_vs_copy": round(t["ours_bwd_us"] / t["copy_bwd_us"], 2),
                          "speedup_vs_algorithm1": round(t["algorithm1_us"] / t["ours_us"], 2),
                          "bwd_speedup_vs_algorithm1": round(t["algorithm1_bwd_us"] / t["ours_bwd_us"], 2),
                          "dtype": "fp32", "batch_size": args.batch_size,
-                         "device": device_name(torch.device("cpu")), "threads": args.threads, **provenance()})
+                         "device": device_name(device), "threads": args.threads, **provenance()})
             print(rows[-1]["shape"], fmt_name, {k: rows[-1][k] for k in ("ours_vs_copy", "ours_bwd_vs_copy")},
                   flush=True)
     load = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
@@ -161,6 +181,7 @@ def main() -> None:
             "algorithm1_bwd_us", "copy_bwd_us", "ours_bwd_vs_copy", "clone_bwd_us"]
     if args.compiled:
         cols[8:8] = ["compiled_us", "compiled_vs_copy"]
+        cols += ["compiled_bwd_us", "compiled_bwd_vs_copy"]
     notes = ["Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224, fp32).  ",
              "Forward (`ours_us`, `algorithm1_us`, `copy_us`): inference mode; copy = `x.clone()`.  ",
              f"`kernel`: what `ours` ran — `native`: the C kernel, {native.status(KERNEL)}, one call for the batch "
@@ -172,8 +193,11 @@ def main() -> None:
              "overhead included, as in ours. `clone_bwd_us`: the same call through `x.clone()`, whose backward "
              "passes `dy` on uncopied (the engine's own cost); a plain `dy.clone()` costs `copy_us`.  ",
              *(["`compiled_us`: the forward of the same module under `torch.compile(dynamic=False)` (inductor's "
-                "generated C++ kernel for the slice form), after compiling; the same inference mode.  "]
+                "generated kernel for the slice form: C++ on a CPU, Triton on CUDA), after compiling; the same "
+                "inference mode. `compiled_bwd_us`: its compiled backward, timed like ours.  "]
                if args.compiled else []),
+             *(["On CUDA every block of calls ends with `torch.cuda.synchronize()`: a call's time is its share of "
+                "the GPU's work, kernel launches included.  "] if device.type == "cuda" else []),
              f"1-minute load average while it ran: {load} ({os.cpu_count()} cores; well above 0 means other "
              "jobs shared them and the numbers are noisy, the 2-thread kernels most of all)."]
     write_report(out.with_suffix(".md"), "Shift: ours vs a plain copy vs the paper's Algorithm 1, forward and backward",
