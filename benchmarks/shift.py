@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from archbench.layers import native  # noqa: E402
-from archbench.layers.mixers.shift import KERNEL, Shift, _shift  # noqa: E402
+from archbench.layers.mixers.shift import KERNEL, Shift, _native_fn, _shift  # noqa: E402
 from archbench.measure.speed import device_name  # noqa: E402
 from archbench.results import provenance, write_report  # noqa: E402
 
@@ -102,6 +102,12 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
         if ops_column:  # our PyTorch-op form, where the C kernel is what `ours` runs
             assert torch.equal(_shift(x, g, allow_native=False), y)
             fns["torch_ops"] = lambda: _shift(x, g, allow_native=False)
+            # the C call alone into a reused output, against a copy into a reused output: what the
+            # kernel costs without the module's Python-level calls and the output's allocation
+            fn, out, es = _native_fn(), torch.empty_like(x), x.element_size()
+            args = (x.data_ptr(), out.data_ptr(), *shape, g, es, x.stride(0) * es, 0, torch.get_num_threads())
+            fns["kernel"] = lambda: fn(*args)
+            fns["copy_into"] = lambda: out.copy_(x)
         if compiled:  # the module under torch.compile (inductor): the slices fused into one generated kernel
             assert torch.equal(fused(x), y)
             fns["compiled"] = lambda: fused(x)
@@ -122,6 +128,7 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
                      rounds, block_s)
     return {"ours_us": fwd["ours"], "algorithm1_us": fwd["algorithm1"], "copy_us": fwd["copy"],
             "torch_ops_us": fwd.get("torch_ops", fwd["ours"]),
+            "kernel_us": fwd.get("kernel", float("nan")), "copy_into_us": fwd.get("copy_into", float("nan")),
             **({"compiled_us": fwd["compiled"], "compiled_bwd_us": bwd["compiled"]} if compiled else {}),
             "ours_bwd_us": bwd["ours"], "algorithm1_bwd_us": bwd["algorithm1"], "copy_bwd_us": bwd["copy"],
             "clone_bwd_us": bwd["clone"]}
@@ -154,12 +161,14 @@ def main() -> None:
             # the C kernel takes dense (B, C, H, W) images; channels-last runs the PyTorch ops
             kernel = ("native" if device.type == "cpu" and fmt_name == "contiguous" and native.load(KERNEL) is not None
                       else "torch ops")
+            ops_ran = kernel == "native"
             t = bench_shape(shape, FORMATS[fmt_name], args.rounds, args.block_ms / 1e3, args.compiled,
-                            ops_column=kernel == "native", device=device)
+                            ops_column=ops_ran, device=device)
             rows.append({"shape": "x".join(map(str, shape)), "format": fmt_name, "kernel": kernel,
                          "MB": round(torch.Size(shape).numel() * 4 / 2 ** 20, 2),
-                         **{k: round(v, 1) for k, v in t.items()},
+                         **{k: round(v, 1) if v == v else "" for k, v in t.items()},  # NaN: not timed here
                          "ours_vs_copy": round(t["ours_us"] / t["copy_us"], 2),
+                         "kernel_vs_copy_into": round(t["kernel_us"] / t["copy_into_us"], 2) if ops_ran else "",
                          **({"compiled_vs_copy": round(t["compiled_us"] / t["copy_us"], 2),
                              "compiled_bwd_vs_copy": round(t["compiled_bwd_us"] / t["copy_bwd_us"], 2)}
                             if args.compiled else {}),
@@ -177,7 +186,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
     cols = ["shape", "format", "kernel", "MB", "ours_us", "torch_ops_us", "algorithm1_us", "copy_us", "ours_vs_copy",
-            "ours_bwd_us",
+            "kernel_us", "copy_into_us", "kernel_vs_copy_into", "ours_bwd_us",
             "algorithm1_bwd_us", "copy_bwd_us", "ours_bwd_vs_copy", "clone_bwd_us"]
     if args.compiled:
         cols[8:8] = ["compiled_us", "compiled_vs_copy"]
@@ -187,6 +196,9 @@ def main() -> None:
              f"`kernel`: what `ours` ran — `native`: the C kernel, {native.status(KERNEL)}, one call for the batch "
              "(dense (B, C, H, W) on the CPU); `torch ops`: the PyTorch-op form (views, copies, border fills). "
              "`torch_ops_us`: the PyTorch-op form timed in the same rounds (= `ours_us` where that is what ran).  ",
+             "`kernel_us`: the C kernel's call alone (ctypes) into a reused output, against `copy_into_us`, "
+             "`out.copy_(x)` into a reused output: the kernel without the module's Python-level calls "
+             "(module, checks, output allocation: a fixed few µs a call) — blank where the kernel did not run.  ",
              "Backward (`*_bwd_us`): `torch.autograd.grad(y, x, dy, retain_graph=True)` on one retained graph "
              "(autograd engine + the op's backward). **Backward copy baseline (`copy_bwd_us`): a copy as a custom "
              "autograd function, like ours, whose backward is a plain `dy.clone()`** — engine and function "

@@ -244,6 +244,25 @@ def test_shift_and_its_opposite_keep_every_bit(dtype, C, H, W, n_div, layout, na
         assert torch.equal(y.contiguous().view(bits), ref(x, g).view(bits)), f"reverse={reverse}"
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_shift_shared_among_threads_matches_algorithm1(threads, nan_empty, kernel):
+    """Over a megabyte a call, the C kernel shares the images among PyTorch's threads: every
+    image, the uneven split included (5 images), must come out as Algorithm 1 says, both ways."""
+    from archbench.layers.mixers.shift import partial_shift
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(5, 48, 40, 40)  # 1.5 MB
+        assert x.numel() * x.element_size() >= 1 << 20
+        assert torch.equal(partial_shift(x, 4), algorithm1(x, 4))
+        assert torch.equal(partial_shift(x, 4, reverse=True), algorithm1_reverse(x, 4))
+        x = torch.randn(6, 49, 40, 40)[::2]  # images apart in memory (every other one of a batch)
+        assert torch.equal(partial_shift(x, 4), algorithm1(x, 4))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_shift_gradient_passes_gradcheck(kernel):
     m = Shift(8, heads=1, grid=(3, 4), ratio=1 / 4)  # every direction, 2 channels each
     for x in (torch.randn(2, 8, 3, 4, dtype=torch.float64),

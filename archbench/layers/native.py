@@ -7,9 +7,17 @@ in well under a second with the system's C compiler (``$CC``, else ``cc``, ``gcc
 ``clang``) — into a per-user cache keyed by the source's hash. Where there is no compiler,
 the build fails, or ``ARCHBENCH_NATIVE=0`` is set, :func:`load` gives None and the layer
 uses its PyTorch form (tested to give the same bits); :func:`status` says which and why.
+
+A kernel's ``#pragma omp`` loops run on PyTorch's own OpenMP threads: the library is compiled
+with ``-fopenmp`` but linked without an OpenMP runtime, so its calls bind, when it is loaded,
+to the runtime PyTorch already loaded (one pool, sized by ``torch.set_num_threads``, and no
+second pool spinning against it). Where that does not load (a PyTorch without OpenMP, a
+compiler without it), the kernel is built again without ``-fopenmp`` and runs on the calling
+thread; the library's name ends ``-openmp`` or ``-serial`` accordingly.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -51,24 +59,36 @@ def load(source: Path) -> ctypes.CDLL | None:
     key = hashlib.sha256(source.read_bytes() + cc.encode()).hexdigest()[:16]
     errors = []
     for folder in _folders():
-        lib = folder / f"{name}-{key}.so"
-        try:
-            if not lib.exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                tmp = folder / f".{lib.name}.{os.getpid()}.tmp"  # processes building at once each rename a whole file
-                subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", str(tmp), str(source)],
-                               check=True, capture_output=True, text=True, timeout=120)
-                os.replace(tmp, lib)
-            loaded = ctypes.CDLL(str(lib))
-        except subprocess.CalledProcessError as e:
-            errors.append(f"{cc} failed: {(e.stderr or '').strip().splitlines()[-1:] or e.returncode}")
-        except (OSError, subprocess.SubprocessError) as e:
-            errors.append(f"{folder}: {e}")
-        else:
-            _status[name] = f"native ({lib})"
-            return loaded
+        for variant, flags in (("openmp", ["-fopenmp"]), ("serial", [])):
+            lib = folder / f"{name}-{key}-{variant}.so"
+            try:
+                if not lib.exists():
+                    _build(cc, source, lib, flags)
+                loaded = ctypes.CDLL(str(lib))
+            except subprocess.CalledProcessError as e:
+                errors.append(f"{cc} failed: {(e.stderr or '').strip().splitlines()[-1:] or e.returncode}")
+            except (OSError, subprocess.SubprocessError) as e:
+                errors.append(f"{lib if lib.exists() else folder}: {e}")
+            else:
+                _status[name] = f"native ({lib})"
+                return loaded
     _status[name] = f"torch ops ({'; '.join(errors)})"
     return None
+
+
+def _build(cc: str, source: Path, lib: Path, flags: list[str]) -> None:
+    """Compile, then link without naming an OpenMP runtime (see the module's docstring)."""
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    tmp = lib.parent / f".{lib.name}.{os.getpid()}"  # processes building at once each rename a whole file
+    try:
+        for cmd in ([cc, "-O3", "-fPIC", *flags, "-c", "-o", f"{tmp}.o", str(source)],
+                    [cc, "-shared", "-o", f"{tmp}.so", f"{tmp}.o"]):
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+        os.replace(f"{tmp}.so", lib)
+    finally:
+        for leftover in (f"{tmp}.o", f"{tmp}.so"):
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
 
 
 def status(source: Path) -> str:

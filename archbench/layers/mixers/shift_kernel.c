@@ -8,6 +8,10 @@
  * reverse (the gradient) moves each the other way. Channels from 4g on are copied. Elements
  * are moved as bytes (es bytes each), so any dtype works; a zero is all bits zero (+0.0).
  * Every output element is written once; every input element is read once.
+ *
+ * Images are shared among PyTorch's OpenMP threads where a call has a megabyte or more
+ * (native.py links the pragma to PyTorch's own runtime; built without OpenMP it is ignored
+ * and the calling thread does all).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -56,39 +60,59 @@ static void shift_group(const unsigned char *x, unsigned char *out, int64_t g, i
     }
 }
 
+/* The four directions' border masks for maps of H x W elements of es bytes, `chunk`
+ * channels each, kept per thread between calls, one set per direction of the shift (a
+ * training step alternates forward and backward): building them cost as much as shifting a
+ * 7x7 stage's groups. One set per thread stays allocated until the process ends. NULL when
+ * they could not be allocated. */
+static const unsigned char *border_masks(int64_t H, int64_t W, int64_t es, int64_t chunk, const int64_t d[4],
+                                         int reverse) {
+    static _Thread_local struct { int64_t H, W, es, chunk; unsigned char *masks; } cache[2];
+    const int r = reverse ? 1 : 0;
+    if (cache[r].masks && cache[r].H == H && cache[r].W == W && cache[r].es == es && cache[r].chunk == chunk)
+        return cache[r].masks;
+    const int64_t row = W * es, plane = H * row, mbytes = chunk * plane;
+    unsigned char *masks = malloc((size_t)(4 * mbytes));
+    if (masks == NULL)
+        return NULL;
+    memset(masks, 0xFF, (size_t)(4 * mbytes));
+    for (int k = 0; k < 4; k++)
+        for (int64_t c = 0; c < chunk; c++) {
+            unsigned char *m = masks + k * mbytes + c * plane;
+            if (k < 2)  /* the opened column of every row: W - 1 when the values move left (d > 0) */
+                for (int64_t i = 0; i < H; i++)
+                    memset(m + i * row + (d[k] > 0 ? row - es : 0), 0, (size_t)es);
+            else        /* the opened row: H - 1 when the values move up (d > 0) */
+                memset(m + (d[k] > 0 ? plane - row : 0), 0, (size_t)row);
+        }
+    free(cache[r].masks);
+    cache[r].H = H; cache[r].W = W; cache[r].es = es; cache[r].chunk = chunk; cache[r].masks = masks;
+    return masks;
+}
+
 /* x: B images, image b at x + b * x_batch_bytes, each dense (C, H, W); out: dense (B, C, H, W).
+ * threads: the caller's intra-op thread count (torch.get_num_threads()).
  * Returns 0, or 1 when the masks could not be allocated (nothing written). */
 int archbench_shift_nchw(const unsigned char *x, unsigned char *out, int64_t B, int64_t C, int64_t H,
-                         int64_t W, int64_t g, int64_t es, int64_t x_batch_bytes, int reverse) {
+                         int64_t W, int64_t g, int64_t es, int64_t x_batch_bytes, int reverse, int threads) {
     const int64_t plane = H * W * es, block = g * plane, image = C * plane;
-    /* d (bytes) and the border mask of each group: forward left, right, up, down */
+    /* d (bytes) of each group: forward left, right, up, down */
     const int64_t row = W * es;
     const int64_t d[4] = {reverse ? -es : es, reverse ? es : -es, reverse ? -row : row, reverse ? row : -row};
     /* channels per masked call: about 8 KB (one channel where a channel is larger) */
     const int64_t chunk = plane >= 8192 ? 1 : (8192 / plane < g ? 8192 / plane : g);
     const int64_t mbytes = chunk * plane;  /* one direction's mask: `chunk` channels */
-    unsigned char *masks = NULL;
-    if (g > 0) {
-        masks = malloc((size_t)(4 * mbytes));
-        if (masks == NULL) return 1;
-        memset(masks, 0xFF, (size_t)(4 * mbytes));
-        for (int k = 0; k < 4; k++)
-            for (int64_t c = 0; c < chunk; c++) {
-                unsigned char *m = masks + k * mbytes + c * plane;
-                if (k < 2)  /* the opened column of every row: W - 1 when the values move left (d > 0) */
-                    for (int64_t r = 0; r < H; r++)
-                        memset(m + r * row + (d[k] > 0 ? row - es : 0), 0, (size_t)es);
-                else        /* the opened row: H - 1 when the values move up (d > 0) */
-                    memset(m + (d[k] > 0 ? plane - row : 0), 0, (size_t)row);
-            }
-    }
+    const unsigned char *masks = NULL;
+    if (g > 0 && (masks = border_masks(H, W, es, chunk, d, reverse)) == NULL)
+        return 1;
+    /* below a megabyte a call is over before the threads would have started */
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && B > 1 && B * image >= (1 << 20))
     for (int64_t b = 0; b < B; b++) {
         const unsigned char *xi = x + b * x_batch_bytes;
         unsigned char *oi = out + b * image;
-        for (int k = 0; k < 4; k++)
+        for (int k = 0; k < 4 && g > 0; k++)
             shift_group(xi + k * block, oi + k * block, g, plane, d[k], masks + k * mbytes, chunk);
         memcpy(oi + 4 * block, xi + 4 * block, (size_t)(image - 4 * block));  /* aligned alike: memcpy is fine */
     }
-    free(masks);
     return 0;
 }
