@@ -4,6 +4,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import struct
+import threading
 from pathlib import Path
 
 import torch
@@ -137,10 +139,21 @@ def _native_fn():
     lib = native.load(KERNEL)
     if lib is None:
         return None
-    fn = lib.archbench_shift_nchw
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 7 + [ctypes.c_int, ctypes.c_int]
+    fn = lib.archbench_shift_nchw_packed  # (x, out, B, C, H, W, g, element bytes, x's batch stride in bytes,
+    fn.argtypes = [ctypes.c_void_p]        #  reverse, threads) as one block of 11 int64
     fn.restype = ctypes.c_int  # 1: its masks could not be allocated
     return fn
+
+
+_pack_args = struct.Struct("=11q").pack_into
+_blocks = threading.local()  # a block per thread: ctypes lets go of the GIL during the call
+
+
+def _arg_block():
+    block = getattr(_blocks, "block", None)
+    if block is None:
+        block = _blocks.block = (ctypes.c_int64 * 11)()
+    return block
 
 
 def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = True) -> torch.Tensor:
@@ -152,10 +165,13 @@ def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = 
             and not x.is_complex() and not torch.jit.is_tracing()
             and (x.is_contiguous() or _dense(x.shape[1:], x.stride()[1:]))):  # else: images apart, one by one dense
         # one call for the whole batch: the ops below cost ~20 µs of Python-level calls
-        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        out = torch.empty_like(x) if x.is_contiguous() else torch.empty_like(x, memory_format=torch.contiguous_format)
         B, C, H, W = x.shape
         es = x.element_size()
-        if fn(x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, x.stride(0) * es, int(reverse), torch.get_num_threads()):
+        block = _arg_block()
+        _pack_args(block, 0, x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, x.stride(0) * es, reverse,
+                   torch.get_num_threads())
+        if fn(block):
             raise MemoryError(f"shift: no memory for the border masks of a {H}x{W} map")
         return out
     plan = _plan(x.shape, x.stride(), g, reverse)
