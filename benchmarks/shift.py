@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from archbench.layers import native  # noqa: E402
-from archbench.layers.mixers.shift import KERNEL, Shift, _native_fn, _shift  # noqa: E402
+from archbench.layers.mixers.shift import KERNEL, Shift, _native_call, _native_fn, _shift  # noqa: E402
 from archbench.measure.speed import device_name  # noqa: E402
 from archbench.results import provenance, write_report  # noqa: E402
 
@@ -104,9 +104,8 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
             fns["torch_ops"] = lambda: _shift(x, g, allow_native=False)
             # the C call alone into a reused output, against a copy into a reused output: what the
             # kernel costs without the module's Python-level calls and the output's allocation
-            fn, out, es = _native_fn(), torch.empty_like(x), x.element_size()
-            args = (x.data_ptr(), out.data_ptr(), *shape, g, es, x.stride(0) * es, 0, torch.get_num_threads())
-            fns["kernel"] = lambda: fn(*args)
+            fn, out = _native_fn(), torch.empty_like(x)
+            fns["kernel"] = lambda: _native_call(fn, x, out, g, False)
             fns["copy_into"] = lambda: out.copy_(x)
         if compiled:  # the module under torch.compile (inductor): the slices fused into one generated kernel
             assert torch.equal(fused(x), y)

@@ -156,6 +156,17 @@ def _arg_block():
     return block
 
 
+def _native_call(fn, x: torch.Tensor, out: torch.Tensor, g: int, reverse: bool) -> None:
+    """The C kernel ``fn`` (:func:`_native_fn`): x's dense (C, H, W) images into the dense ``out``."""
+    B, C, H, W = x.shape
+    es = x.element_size()
+    block = _arg_block()
+    _pack_args(block, 0, x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, x.stride(0) * es, reverse,
+               torch.get_num_threads())
+    if fn(block):
+        raise MemoryError(f"shift: no memory for the border masks of a {H}x{W} map")
+
+
 def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = True) -> torch.Tensor:
     """The shift (``reverse``: the opposite one) without autograd: (B, C, H, W) → same
     shape; dense (B, C, H, W) or channels-last images give the same layout back.
@@ -166,13 +177,7 @@ def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = 
             and (x.is_contiguous() or _dense(x.shape[1:], x.stride()[1:]))):  # else: images apart, one by one dense
         # one call for the whole batch: the ops below cost ~20 µs of Python-level calls
         out = torch.empty_like(x) if x.is_contiguous() else torch.empty_like(x, memory_format=torch.contiguous_format)
-        B, C, H, W = x.shape
-        es = x.element_size()
-        block = _arg_block()
-        _pack_args(block, 0, x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, x.stride(0) * es, reverse,
-                   torch.get_num_threads())
-        if fn(block):
-            raise MemoryError(f"shift: no memory for the border masks of a {H}x{W} map")
+        _native_call(fn, x, out, g, reverse)
         return out
     plan = _plan(x.shape, x.stride(), g, reverse)
     if plan is None:
