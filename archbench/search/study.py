@@ -118,9 +118,10 @@ def _storage(url: str):
                               **{hook: retry_once})
         except Exception as e:  # noqa: BLE001 - a creation race is retried, any other failure is the URL's
             last = e
-            if "already exists" not in str(e) and "locked" not in str(e):
+            if not any(m in str(e) for m in ("already exists", "locked", "UNIQUE constraint failed")):
                 break
-            # two processes creating one new database race on its tables: the loser retries
+            # two processes creating one new database race on its tables (or on the schema-version
+            # row Optuna's migration inserts after them): the loser retries
             time.sleep(0.2 * (attempt + 1))
     raise UsageError(f"cannot open storage {url!r}: {type(last).__name__}: {str(last).splitlines()[0][:200]}") from None
 
