@@ -195,7 +195,7 @@ def main() -> None:
              f"`kernel`: what `ours` ran — `native`: the C kernel, {native.status(KERNEL)}, one call for the batch "
              "(dense (B, C, H, W) on the CPU); `torch ops`: the PyTorch-op form (views, copies, border fills). "
              "`torch_ops_us`: the PyTorch-op form timed in the same rounds (= `ours_us` where that is what ran).  ",
-             "`kernel_us`: the C kernel's call alone (ctypes) into a reused output, against `copy_into_us`, "
+             "`kernel_us`: the C kernel's call alone (through the entry the status above names) into a reused output, against `copy_into_us`, "
              "`out.copy_(x)` into a reused output: the kernel without the module's Python-level calls "
              "(module, checks, output allocation: a fixed few µs a call) — blank where the kernel did not run.  ",
              "Backward (`*_bwd_us`): `torch.autograd.grad(y, x, dy, retain_graph=True)` on one retained graph "

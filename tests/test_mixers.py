@@ -167,15 +167,18 @@ def shift_layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.fixture(params=["native", "torch-ops"])
+@pytest.fixture(params=["native", "native-ctypes", "torch-ops"])
 def kernel(request, monkeypatch):
-    """Both forms of the shift: the C kernel (where it builds here) and the PyTorch ops."""
+    """Every form of the shift: the C kernel (where it builds here) through its Python entry and
+    through ctypes (a library built without Python's headers), and the PyTorch ops."""
     from archbench.layers import native
     from archbench.layers.mixers import shift as shift_module
 
-    if request.param == "native":
+    if request.param.startswith("native"):
         if shift_module._native_fn() is None:
             pytest.skip(f"the C kernel is not built here: {native.status(shift_module.KERNEL)}")
+        if request.param == "native-ctypes":
+            monkeypatch.setattr(shift_module, "_native_fn", shift_module._ctypes_fn)
     else:
         monkeypatch.setattr(shift_module, "_native_fn", lambda: None)
     return request.param
@@ -242,6 +245,17 @@ def test_shift_and_its_opposite_keep_every_bit(dtype, C, H, W, n_div, layout, na
     for reverse, ref in ((False, algorithm1), (True, algorithm1_reverse)):
         y = partial_shift(xin, g, reverse=reverse)
         assert torch.equal(y.contiguous().view(bits), ref(x, g).view(bits)), f"reverse={reverse}"
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 0, 3), (2, 12, 3, 0), (0, 12, 3, 3)])
+def test_shift_of_an_empty_tensor_is_empty(shape, kernel):
+    """A map with no pixels (or a batch with no images): an empty result of the same shape, both
+    ways (the C kernel once divided by the map's size here and killed the process)."""
+    from archbench.layers.mixers.shift import partial_shift
+
+    x = torch.randn(shape)
+    for reverse in (False, True):
+        assert partial_shift(x, 1, reverse=reverse).shape == algorithm1(x, 1).shape
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

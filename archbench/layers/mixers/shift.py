@@ -134,37 +134,43 @@ KERNEL = Path(__file__).with_name("shift_kernel.c")
 
 @functools.lru_cache(maxsize=None)
 def _native_fn():
-    """The C kernel (``shift_kernel.c``) for dense (B, C, H, W) images on the CPU, or None
-    where it cannot be built (:mod:`archbench.layers.native`)."""
+    """The C kernel (``shift_kernel.c``) for dense (B, C, H, W) images on the CPU, as a function
+    of (x, out, B, C, H, W, g, element bytes, x's batch stride in bytes, reverse, threads) —
+    pointers as integers — that raises MemoryError when its border masks cannot be allocated;
+    or None where it cannot be built (:mod:`archbench.layers.native`). Its Python entry where
+    the library has one, else the same C function through ctypes."""
+    module = native.load_module(KERNEL)
+    return module.shift_nchw if module is not None else _ctypes_fn()
+
+
+@functools.lru_cache(maxsize=None)
+def _ctypes_fn():
+    """:func:`_native_fn`'s function through ctypes (a library built without Python's headers)."""
     lib = native.load(KERNEL)
     if lib is None:
         return None
-    fn = lib.archbench_shift_nchw_packed  # (x, out, B, C, H, W, g, element bytes, x's batch stride in bytes,
-    fn.argtypes = [ctypes.c_void_p]        #  reverse, threads) as one block of 11 int64
+    fn = lib.archbench_shift_nchw_packed  # the eleven arguments as one block of int64:
+    fn.argtypes = [ctypes.c_void_p]        # ctypes converts one argument instead of eleven
     fn.restype = ctypes.c_int  # 1: its masks could not be allocated
-    return fn
+    pack = struct.Struct("=11q").pack_into
+    blocks = threading.local()  # a block per thread: ctypes lets go of the GIL during the call
 
+    def shift_nchw(*args: int) -> None:
+        block = getattr(blocks, "block", None)
+        if block is None:
+            block = blocks.block = (ctypes.c_int64 * 11)()
+        pack(block, 0, *args)
+        if fn(block):
+            raise MemoryError(f"shift: no memory for the border masks of a {args[4]}x{args[5]} map")
 
-_pack_args = struct.Struct("=11q").pack_into
-_blocks = threading.local()  # a block per thread: ctypes lets go of the GIL during the call
-
-
-def _arg_block():
-    block = getattr(_blocks, "block", None)
-    if block is None:
-        block = _blocks.block = (ctypes.c_int64 * 11)()
-    return block
+    return shift_nchw
 
 
 def _native_call(fn, x: torch.Tensor, out: torch.Tensor, g: int, reverse: bool) -> None:
     """The C kernel ``fn`` (:func:`_native_fn`): x's dense (C, H, W) images into the dense ``out``."""
     B, C, H, W = x.shape
     es = x.element_size()
-    block = _arg_block()
-    _pack_args(block, 0, x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, x.stride(0) * es, reverse,
-               torch.get_num_threads())
-    if fn(block):
-        raise MemoryError(f"shift: no memory for the border masks of a {H}x{W} map")
+    fn(x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, x.stride(0) * es, reverse, torch.get_num_threads())
 
 
 def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = True) -> torch.Tensor:
@@ -172,13 +178,19 @@ def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = 
     shape; dense (B, C, H, W) or channels-last images give the same layout back.
     ``allow_native=False``: the PyTorch-op form even where the C kernel would run."""
     # the C kernel first, with the fewest Python-level calls: at a 7x7 stage each µs is 3% of a copy
-    if (allow_native and x.is_cpu and type(x) is torch.Tensor and (fn := _native_fn())
-            and not x.is_complex() and not torch.jit.is_tracing()
-            and (x.is_contiguous() or _dense(x.shape[1:], x.stride()[1:]))):  # else: images apart, one by one dense
-        # one call for the whole batch: the ops below cost ~20 µs of Python-level calls
-        out = torch.empty_like(x) if x.is_contiguous() else torch.empty_like(x, memory_format=torch.contiguous_format)
-        _native_call(fn, x, out, g, reverse)
-        return out
+    if (allow_native and type(x) is torch.Tensor and x.is_cpu and (fn := _native_fn()) is not None
+            and not x.is_complex() and not torch.jit.is_tracing()):
+        B, C, H, W = x.shape
+        if x.is_contiguous():  # one call for the whole batch: the ops below cost ~20 µs of Python-level calls
+            out, batch_stride = torch.empty_like(x), C * H * W  # (x.stride(0) costs 0.3 µs)
+        elif _dense((C, H, W), x.stride()[1:]):  # dense images apart (a slice of a wider batch)
+            out, batch_stride = torch.empty_like(x, memory_format=torch.contiguous_format), x.stride(0)
+        else:
+            out = None
+        if out is not None:
+            es = x.element_size()
+            fn(x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, batch_stride * es, reverse, torch.get_num_threads())
+            return out
     plan = _plan(x.shape, x.stride(), g, reverse)
     if plan is None:
         return _shift_sliced(x, g, reverse)

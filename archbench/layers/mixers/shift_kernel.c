@@ -1,8 +1,9 @@
 /* ShiftViT's partial shift on dense (B, C, H, W) images, one call for the whole batch.
  *
  * Compiled at first use by archbench/layers/native.py (plain C, no torch headers) and called
- * through ctypes from shift.py: the PyTorch-op form costs ~15 Python-level calls (views,
- * copies, fills), ~20 us on this project's CPU, as long as copying a whole 7x7 stage.
+ * from shift.py, as a Python extension module's function where Python's headers are there,
+ * else through ctypes: the PyTorch-op form costs ~15 Python-level calls (views, copies,
+ * fills), ~20 us on this project's CPU, as long as copying a whole 7x7 stage.
  *
  * Group k of g channels: 0 moves left (takes its right neighbour), 1 right, 2 up, 3 down;
  * reverse (the gradient) moves each the other way. Channels from 4g on are copied. Elements
@@ -90,12 +91,23 @@ static const unsigned char *border_masks(int64_t H, int64_t W, int64_t es, int64
     return masks;
 }
 
+/* One image: the four groups, then the channels that stay. */
+static void shift_image(const unsigned char *xi, unsigned char *oi, int64_t g, int64_t plane, int64_t image,
+                        const int64_t d[4], const unsigned char *masks, int64_t mbytes, int64_t chunk) {
+    const int64_t block = g * plane;
+    for (int k = 0; k < 4 && g > 0; k++)
+        shift_group(xi + k * block, oi + k * block, g, plane, d[k], masks + k * mbytes, chunk);
+    memcpy(oi + 4 * block, xi + 4 * block, (size_t)(image - 4 * block));  /* aligned alike: memcpy is fine */
+}
+
 /* x: B images, image b at x + b * x_batch_bytes, each dense (C, H, W); out: dense (B, C, H, W).
  * threads: the caller's intra-op thread count (torch.get_num_threads()).
  * Returns 0, or 1 when the masks could not be allocated (nothing written). */
 int archbench_shift_nchw(const unsigned char *x, unsigned char *out, int64_t B, int64_t C, int64_t H,
                          int64_t W, int64_t g, int64_t es, int64_t x_batch_bytes, int reverse, int threads) {
-    const int64_t plane = H * W * es, block = g * plane, image = C * plane;
+    const int64_t plane = H * W * es, image = C * plane;
+    if (B <= 0 || image <= 0)  /* nothing to write (and no mask of zero-sized maps to size) */
+        return 0;
     /* d (bytes) of each group: forward left, right, up, down */
     const int64_t row = W * es;
     const int64_t d[4] = {reverse ? -es : es, reverse ? es : -es, reverse ? -row : row, reverse ? row : -row};
@@ -105,14 +117,16 @@ int archbench_shift_nchw(const unsigned char *x, unsigned char *out, int64_t B, 
     const unsigned char *masks = NULL;
     if (g > 0 && (masks = border_masks(H, W, es, chunk, d, reverse)) == NULL)
         return 1;
-    /* below a megabyte a call is over before the threads would have started */
-    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && B > 1 && B * image >= (1 << 20))
-    for (int64_t b = 0; b < B; b++) {
-        const unsigned char *xi = x + b * x_batch_bytes;
-        unsigned char *oi = out + b * image;
-        for (int k = 0; k < 4 && g > 0; k++)
-            shift_group(xi + k * block, oi + k * block, g, plane, d[k], masks + k * mbytes, chunk);
-        memcpy(oi + 4 * block, xi + 4 * block, (size_t)(image - 4 * block));  /* aligned alike: memcpy is fine */
+    /* below a megabyte a call is over before the threads would have started; and the loop
+     * is not entered through the parallel region then: even with its `if` false, a region
+     * costs ~0.5 us (the runtime's call), as much as the rest of a call's fixed cost */
+    if (threads > 1 && B > 1 && B * image >= (1 << 20)) {
+        #pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t b = 0; b < B; b++)
+            shift_image(x + b * x_batch_bytes, out + b * image, g, plane, image, d, masks, mbytes, chunk);
+    } else {
+        for (int64_t b = 0; b < B; b++)
+            shift_image(x + b * x_batch_bytes, out + b * image, g, plane, image, d, masks, mbytes, chunk);
     }
     return 0;
 }
@@ -123,3 +137,43 @@ int archbench_shift_nchw_packed(const int64_t *a) {
     return archbench_shift_nchw((const unsigned char *)(intptr_t)a[0], (unsigned char *)(intptr_t)a[1], a[2], a[3],
                                 a[4], a[5], a[6], a[7], a[8], (int)a[9], (int)a[10]);
 }
+
+/* Python's entry: shift_kernel.shift_nchw(x, out, B, C, H, W, g, es, x_batch_bytes, reverse,
+ * threads), the same eleven integers. A ctypes call costs ~1.2 us on this project's CPU, 3% of
+ * copying a 7x7 stage's tensor; a METH_FASTCALL function ~0.1 us. Where the compiler finds no
+ * Python.h, the library has only the C entries above and shift.py calls them through ctypes. */
+#if defined(__has_include)
+#if __has_include(<Python.h>)
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyObject *py_shift_nchw(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    int64_t a[11];
+    if (nargs != 11)
+        return PyErr_Format(PyExc_TypeError, "shift_nchw takes 11 integers (%zd given)", nargs);
+    for (int i = 0; i < 11; i++)
+        if ((a[i] = PyLong_AsLongLong(args[i])) == -1 && PyErr_Occurred())
+            return NULL;
+    int failed;
+    Py_BEGIN_ALLOW_THREADS  /* as ctypes does: other Python threads run while this one shifts */
+    failed = archbench_shift_nchw_packed(a);
+    Py_END_ALLOW_THREADS
+    if (failed)
+        return PyErr_Format(PyExc_MemoryError, "shift: no memory for the border masks of a %lldx%lld map",
+                            (long long)a[4], (long long)a[5]);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef shift_kernel_methods[] = {
+    {"shift_nchw", (PyCFunction)(void (*)(void))py_shift_nchw, METH_FASTCALL,
+     "shift_nchw(x, out, B, C, H, W, g, es, x_batch_bytes, reverse, threads): archbench_shift_nchw"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef shift_kernel_module = {PyModuleDef_HEAD_INIT, "shift_kernel", NULL, -1,
+                                                 shift_kernel_methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit_shift_kernel(void) { return PyModule_Create(&shift_kernel_module); }
+#endif
+#endif
