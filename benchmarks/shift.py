@@ -14,14 +14,21 @@ block of calls of about ``--block-ms``; median of the per-call means; fixed thre
 share of the GPU work, launches included; ``--compiled`` then times inductor's Triton kernels
 forward and backward. Writes results/benchmarks/shift.{csv,md}.
 
-    python benchmarks/shift.py [--rounds 61] [--block-ms 4] [--formats contiguous,channels_last]
+    python benchmarks/shift.py [--rounds 61] [--block-ms 4] [--formats contiguous,channels_last] [--processes 3]
+
+``--processes K`` runs the whole measurement in K fresh processes, one after another, and
+reports per row the median of their figures and the range of each ratio: on a shared VM a
+ratio moves by 10-20 % from one process to the next (where the allocator puts the tensors,
+what else runs), more than the differences being measured.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -143,8 +150,14 @@ def main() -> None:
     ap.add_argument("--compiled", action="store_true",
                     help="also time the forward of the module under torch.compile (inductor; needs a C++ compiler)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the C kernel is CPU-only; CUDA runs the PyTorch ops)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="run the measurement in this many fresh processes; report medians and ranges")
     ap.add_argument("--out", default="results/benchmarks/shift")
     args = ap.parse_args()
+    if args.processes < 1:
+        ap.error(f"--processes {args.processes}: must be at least 1")
+    if args.processes > 1:
+        return over_processes(args)
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -184,36 +197,93 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
+    write_report(out.with_suffix(".md"), TITLE, f"python benchmarks/shift.py {' '.join(sys.argv[1:])}",
+                 notes(args, device, load), rows, columns(args))
+
+
+TITLE = "Shift: ours vs a plain copy vs the paper's Algorithm 1, forward and backward"
+RATIOS = ["ours_vs_copy", "kernel_vs_copy_into", "ours_bwd_vs_copy", "compiled_vs_copy", "compiled_bwd_vs_copy"]
+
+
+def columns(args) -> list[str]:
     cols = ["shape", "format", "kernel", "MB", "ours_us", "torch_ops_us", "algorithm1_us", "copy_us", "ours_vs_copy",
             "kernel_us", "copy_into_us", "kernel_vs_copy_into", "ours_bwd_us",
             "algorithm1_bwd_us", "copy_bwd_us", "ours_bwd_vs_copy", "clone_bwd_us"]
     if args.compiled:
         cols[8:8] = ["compiled_us", "compiled_vs_copy"]
         cols += ["compiled_bwd_us", "compiled_bwd_vs_copy"]
-    notes = ["Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224, fp32).  ",
-             "Forward (`ours_us`, `algorithm1_us`, `copy_us`): inference mode; copy = `x.clone()`.  ",
-             f"`kernel`: what `ours` ran — `native`: the C kernel, {native.status(KERNEL)}, one call for the batch "
-             "(dense (B, C, H, W) on the CPU); `torch ops`: the PyTorch-op form (views, copies, border fills). "
-             "`torch_ops_us`: the PyTorch-op form timed in the same rounds (= `ours_us` where that is what ran).  ",
-             "`kernel_us`: the C kernel's call alone (through the entry the status above names) into a reused output, against `copy_into_us`, "
-             "`out.copy_(x)` into a reused output: the kernel without the module's Python-level calls "
-             "(module, checks, output allocation: a fixed few µs a call) — blank where the kernel did not run.  ",
-             "Backward (`*_bwd_us`): `torch.autograd.grad(y, x, dy, retain_graph=True)` on one retained graph "
-             "(autograd engine + the op's backward). **Backward copy baseline (`copy_bwd_us`): a copy as a custom "
-             "autograd function, like ours, whose backward is a plain `dy.clone()`** — engine and function "
-             "overhead included, as in ours. `clone_bwd_us`: the same call through `x.clone()`, whose backward "
-             "passes `dy` on uncopied (the engine's own cost); a plain `dy.clone()` costs `copy_us`.  ",
-             *(["`compiled_us`: the forward of the same module under `torch.compile(dynamic=False)` (inductor's "
-                "generated kernel for the slice form: C++ on a CPU, Triton on CUDA), after compiling; the same "
-                "inference mode. `compiled_bwd_us`: its compiled backward, timed like ours.  "]
-               if args.compiled else []),
-             *(["On CUDA every block of calls ends with `torch.cuda.synchronize()`: a call's time is its share of "
-                "the GPU's work, kernel launches included.  "] if device.type == "cuda" else []),
-             f"1-minute load average while it ran: {load} ({os.cpu_count()} cores; well above 0 means other "
-             "jobs shared them and the numbers are noisy, the 2-thread kernels most of all)."]
-    write_report(out.with_suffix(".md"), "Shift: ours vs a plain copy vs the paper's Algorithm 1, forward and backward",
-                 f"python benchmarks/shift.py {' '.join(sys.argv[1:])}", notes, rows, cols)
+    return cols
 
+
+def notes(args, device: torch.device, load: str) -> list[str]:
+    return ["Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224, fp32).  ",
+            "Forward (`ours_us`, `algorithm1_us`, `copy_us`): inference mode; copy = `x.clone()`.  ",
+            f"`kernel`: what `ours` ran — `native`: the C kernel, {native.status(KERNEL)}, one call for the batch "
+            "(dense (B, C, H, W) on the CPU); `torch ops`: the PyTorch-op form (views, copies, border fills). "
+            "`torch_ops_us`: the PyTorch-op form timed in the same rounds (= `ours_us` where that is what ran).  ",
+            "`kernel_us`: the C kernel's call alone (through the entry the status above names) into a reused "
+            "output, against `copy_into_us`, "
+            "`out.copy_(x)` into a reused output: the kernel without the module's Python-level calls "
+            "(module, checks, output allocation: a fixed few µs a call) — blank where the kernel did not run.  ",
+            "Backward (`*_bwd_us`): `torch.autograd.grad(y, x, dy, retain_graph=True)` on one retained graph "
+            "(autograd engine + the op's backward). **Backward copy baseline (`copy_bwd_us`): a copy as a custom "
+            "autograd function, like ours, whose backward is a plain `dy.clone()`** — engine and function "
+            "overhead included, as in ours. `clone_bwd_us`: the same call through `x.clone()`, whose backward "
+            "passes `dy` on uncopied (the engine's own cost); a plain `dy.clone()` costs `copy_us`.  ",
+            *(["`compiled_us`: the forward of the same module under `torch.compile(dynamic=False)` (inductor's "
+               "generated kernel for the slice form: C++ on a CPU, Triton on CUDA), after compiling; the same "
+               "inference mode. `compiled_bwd_us`: its compiled backward, timed like ours.  "]
+              if args.compiled else []),
+            *(["On CUDA every block of calls ends with `torch.cuda.synchronize()`: a call's time is its share of "
+               "the GPU's work, kernel launches included.  "] if device.type == "cuda" else []),
+            f"1-minute load average while it ran: {load} ({os.cpu_count()} cores; well above 0 means other "
+            "jobs shared them and the numbers are noisy, the 2-thread kernels most of all)."]
+
+
+def over_processes(args) -> None:
+    """``--processes K``: the measurement in K fresh processes; per row the median of each
+    figure over them, and each ratio's range (lowest-highest) beside it."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:  # the same command without --processes/--out
+        if skip:
+            skip = False
+        elif a in ("--processes", "--out"):
+            skip = True
+        elif not a.startswith(("--processes=", "--out=")):
+            argv.append(a)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # before the minutes of measuring
+    load_before = os.getloadavg()[0]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            print(f"process {i + 1}/{args.processes}", flush=True)
+            subprocess.run([sys.executable, __file__, *argv, "--out", f"{tmp}/run{i}"], check=True)
+            runs.append(pd.read_csv(f"{tmp}/run{i}.csv", keep_default_na=False).assign(process=i + 1))
+    load = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    every = pd.concat(runs, ignore_index=True).assign(load_average=load)
+    every.to_csv(out.with_suffix(".csv"), index=False)  # every process's rows
+    rows = []
+    for _, group in every.groupby(["format", "shape"], sort=False):
+        row = group.iloc[0].to_dict()
+        for col in group.columns:
+            values = pd.to_numeric(group[col], errors="coerce")
+            numeric = values.notna().all()
+            if (col.endswith("_us") or col in RATIOS) and numeric:
+                row[col] = round(float(values.median()), 2 if col in RATIOS else 1)
+            if col in RATIOS:  # blank where the column was not timed (the kernel's, on channels-last)
+                row[f"{col}_range"] = f"{values.min():.2f}-{values.max():.2f}" if numeric else ""
+        rows.append(row)
+    cols = []
+    for col in columns(args):
+        cols += [col, f"{col}_range"] if col in RATIOS else [col]
+    device = torch.device(args.device)
+    _native_fn()  # for the notes' status line: the same library the processes loaded
+    summary = [f"**{args.processes} processes, one after another: each figure is the median of their medians, and "
+               "each ratio's `_range` its lowest and highest over the processes** (every process's rows: "
+               f"[{out.with_suffix('.csv').name}]({out.with_suffix('.csv').name})).  "]
+    write_report(out.with_suffix(".md"), TITLE, f"python benchmarks/shift.py {' '.join(sys.argv[1:])}",
+                 summary + notes(args, device, load), rows, cols)
 
 if __name__ == "__main__":
     main()
