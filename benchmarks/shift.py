@@ -112,7 +112,8 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
             # the C call alone into a reused output, against a copy into a reused output: what the
             # kernel costs without the module's Python-level calls and the output's allocation
             fn, out = _native_fn(), torch.empty_like(x)
-            fns["kernel"] = lambda: _native_call(fn, x, out, g, False)
+            last = fmt == torch.channels_last
+            fns["kernel"] = lambda: _native_call(fn, x, out, g, False, last)
             fns["copy_into"] = lambda: out.copy_(x)
         if compiled:  # the module under torch.compile (inductor): the slices fused into one generated kernel
             assert torch.equal(fused(x), y)
@@ -170,9 +171,8 @@ def main() -> None:
     for fmt_name in args.formats.split(","):
         for C, H, W in SHAPES:
             shape = (args.batch_size, C, H, W)
-            # the C kernel takes dense (B, C, H, W) images; channels-last runs the PyTorch ops
-            kernel = ("native" if device.type == "cpu" and fmt_name == "contiguous" and native.load(KERNEL) is not None
-                      else "torch ops")
+            # the C kernel takes dense (B, C, H, W) or (B, H, W, C) images on the CPU
+            kernel = "native" if device.type == "cpu" and _native_fn() is not None else "torch ops"
             ops_ran = kernel == "native"
             t = bench_shape(shape, FORMATS[fmt_name], args.rounds, args.block_ms / 1e3, args.compiled,
                             ops_column=ops_ran, device=device)
@@ -219,7 +219,8 @@ def notes(args, device: torch.device, load: str) -> list[str]:
     return ["Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224, fp32).  ",
             "Forward (`ours_us`, `algorithm1_us`, `copy_us`): inference mode; copy = `x.clone()`.  ",
             f"`kernel`: what `ours` ran — `native`: the C kernel, {native.status(KERNEL)}, one call for the batch "
-            "(dense (B, C, H, W) on the CPU); `torch ops`: the PyTorch-op form (views, copies, border fills). "
+            "(dense (B, C, H, W) or channels-last on the CPU); `torch ops`: the PyTorch-op form (views, copies, "
+            "border fills). "
             "`torch_ops_us`: the PyTorch-op form timed in the same rounds (= `ours_us` where that is what ran).  ",
             "`kernel_us`: the C kernel's call alone (through the entry the status above names) into a reused "
             "output, against `copy_into_us`, "
@@ -271,7 +272,7 @@ def over_processes(args) -> None:
             numeric = values.notna().all()
             if (col.endswith("_us") or col in RATIOS) and numeric:
                 row[col] = round(float(values.median()), 2 if col in RATIOS else 1)
-            if col in RATIOS:  # blank where the column was not timed (the kernel's, on channels-last)
+            if col in RATIOS:  # blank where the column was not timed (the kernel's, where it did not run)
                 row[f"{col}_range"] = f"{values.min():.2f}-{values.max():.2f}" if numeric else ""
         rows.append(row)
     cols = []

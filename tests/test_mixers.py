@@ -247,6 +247,21 @@ def test_shift_and_its_opposite_keep_every_bit(dtype, C, H, W, n_div, layout, na
         assert torch.equal(y.contiguous().view(bits), ref(x, g).view(bits)), f"reverse={reverse}"
 
 
+@pytest.mark.parametrize("C,H,W,dtype", [(96, 9, 7, torch.float32), (192, 4, 5, torch.float32),
+                                         (48, 3, 6, torch.float64), (96, 1, 6, torch.float32)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "tokens_grid"])
+def test_shift_at_shiftvit_widths_matches_algorithm1(C, H, W, dtype, layout, nan_empty, kernel):
+    """γ = 1/12 of C = 96 or 192 in fp32 (and 48 in fp64): each group's run is a multiple of
+    32 bytes, the case the channels-last loop moves in whole 32-byte steps."""
+    from archbench.layers.mixers.shift import partial_shift
+
+    g = C // 12
+    x = torch.randn(2, C, H, W, dtype=dtype)
+    xin = shift_layouts(x)[layout]
+    assert torch.equal(partial_shift(xin, g), algorithm1(x, g))
+    assert torch.equal(partial_shift(xin, g, reverse=True), algorithm1_reverse(x, g))
+
+
 @pytest.mark.parametrize("shape", [(2, 12, 0, 3), (2, 12, 3, 0), (0, 12, 3, 3)])
 def test_shift_of_an_empty_tensor_is_empty(shape, kernel):
     """A map with no pixels (or a batch with no images): an empty result of the same shape, both
@@ -261,7 +276,8 @@ def test_shift_of_an_empty_tensor_is_empty(shape, kernel):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_shift_shared_among_threads_matches_algorithm1(threads, nan_empty, kernel):
     """Over a megabyte a call, the C kernel shares the images among PyTorch's threads: every
-    image, the uneven split included (5 images), must come out as Algorithm 1 says, both ways."""
+    image, the uneven split included (5 images), must come out as Algorithm 1 says, both ways,
+    in both of its layouts."""
     from archbench.layers.mixers.shift import partial_shift
 
     before = torch.get_num_threads()
@@ -273,6 +289,11 @@ def test_shift_shared_among_threads_matches_algorithm1(threads, nan_empty, kerne
         assert torch.equal(partial_shift(x, 4, reverse=True), algorithm1_reverse(x, 4))
         x = torch.randn(6, 49, 40, 40)[::2]  # images apart in memory (every other one of a batch)
         assert torch.equal(partial_shift(x, 4), algorithm1(x, 4))
+        x = torch.randn(5, 48, 40, 40)
+        for layout in ("channels_last", "tokens_grid"):  # the channels-last loop, images apart in the second
+            xin = shift_layouts(x)[layout]
+            assert torch.equal(partial_shift(xin, 4), algorithm1(x, 4)), layout
+            assert torch.equal(partial_shift(xin, 4, reverse=True), algorithm1_reverse(x, 4)), layout
     finally:
         torch.set_num_threads(before)
 

@@ -22,9 +22,10 @@ def shift_groups(dim: int, ratio: float) -> int:
     return int(math.floor(dim * ratio + 1e-6))
 
 
-# --------------------------------------------------------------------------- the kernel
+# --------------------------------------------------------------------------- the PyTorch-op form
 #
-# The output is written once, element by element, by strided copies out of the input and
+# (On the CPU, dense (B, C, H, W) and channels-last images go to the C kernel instead, one
+# call for the batch: ``shift_kernel.c``, below.) The output is written once, element by element, by strided copies out of the input and
 # zero fills of only the border a shift opens — no zero fill of whole channels (the paper's
 # Algorithm 1 zero-fills the whole output first; ``benchmarks/shift.py`` measures both).
 #
@@ -134,13 +135,14 @@ KERNEL = Path(__file__).with_name("shift_kernel.c")
 
 @functools.lru_cache(maxsize=None)
 def _native_fn():
-    """The C kernel (``shift_kernel.c``) for dense (B, C, H, W) images on the CPU, as a function
-    of (x, out, B, C, H, W, g, element bytes, x's batch stride in bytes, reverse, threads) —
-    pointers as integers — that raises MemoryError when its border masks cannot be allocated;
+    """The C kernel (``shift_kernel.c``) for dense (B, C, H, W) or channels-last images on the
+    CPU, as a function of (x, out, B, C, H, W, g, element bytes, x's batch stride in bytes,
+    reverse, threads, channels_last) — pointers as integers — that raises MemoryError when its
+    border masks cannot be allocated;
     or None where it cannot be built (:mod:`archbench.layers.native`). Its Python entry where
     the library has one, else the same C function through ctypes."""
     module = native.load_module(KERNEL)
-    return module.shift_nchw if module is not None else _ctypes_fn()
+    return module.shift if module is not None else _ctypes_fn()
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,28 +151,30 @@ def _ctypes_fn():
     lib = native.load(KERNEL)
     if lib is None:
         return None
-    fn = lib.archbench_shift_nchw_packed  # the eleven arguments as one block of int64:
-    fn.argtypes = [ctypes.c_void_p]        # ctypes converts one argument instead of eleven
+    fn = lib.archbench_shift_packed  # the twelve arguments as one block of int64:
+    fn.argtypes = [ctypes.c_void_p]   # ctypes converts one argument instead of twelve
     fn.restype = ctypes.c_int  # 1: its masks could not be allocated
-    pack = struct.Struct("=11q").pack_into
+    pack = struct.Struct("=12q").pack_into
     blocks = threading.local()  # a block per thread: ctypes lets go of the GIL during the call
 
-    def shift_nchw(*args: int) -> None:
+    def shift(*args: int) -> None:
         block = getattr(blocks, "block", None)
         if block is None:
-            block = blocks.block = (ctypes.c_int64 * 11)()
+            block = blocks.block = (ctypes.c_int64 * 12)()
         pack(block, 0, *args)
         if fn(block):
             raise MemoryError(f"shift: no memory for the border masks of a {args[4]}x{args[5]} map")
 
-    return shift_nchw
+    return shift
 
 
-def _native_call(fn, x: torch.Tensor, out: torch.Tensor, g: int, reverse: bool) -> None:
-    """The C kernel ``fn`` (:func:`_native_fn`): x's dense (C, H, W) images into the dense ``out``."""
+def _native_call(fn, x: torch.Tensor, out: torch.Tensor, g: int, reverse: bool, channels_last: bool = False) -> None:
+    """The C kernel ``fn`` (:func:`_native_fn`): x's dense (C, H, W) images (``channels_last``:
+    (H, W, C)) into the dense ``out`` of the same layout."""
     B, C, H, W = x.shape
     es = x.element_size()
-    fn(x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, x.stride(0) * es, reverse, torch.get_num_threads())
+    fn(x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, x.stride(0) * es, reverse, torch.get_num_threads(),
+       channels_last)
 
 
 def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = True) -> torch.Tensor:
@@ -181,15 +185,22 @@ def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = 
     if (allow_native and type(x) is torch.Tensor and x.is_cpu and (fn := _native_fn()) is not None
             and not x.is_complex() and not torch.jit.is_tracing()):
         B, C, H, W = x.shape
+        channels_last = False
         if x.is_contiguous():  # one call for the whole batch: the ops below cost ~20 µs of Python-level calls
             out, batch_stride = torch.empty_like(x), C * H * W  # (x.stride(0) costs 0.3 µs)
-        elif _dense((C, H, W), x.stride()[1:]):  # dense images apart (a slice of a wider batch)
-            out, batch_stride = torch.empty_like(x, memory_format=torch.contiguous_format), x.stride(0)
         else:
-            out = None
+            _, sc, sh, sw = strides = x.stride()
+            if _dense((C, H, W), strides[1:]):  # dense images apart (a slice of a wider batch)
+                out = torch.empty_like(x, memory_format=torch.contiguous_format)
+            elif _dense((H, W, C), (sh, sw, sc)):  # channels-last, or a token grid's (H, W, C) view
+                out, channels_last = torch.empty_like(x, memory_format=torch.channels_last), True
+            else:
+                out = None
+            batch_stride = strides[0]
         if out is not None:
             es = x.element_size()
-            fn(x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, batch_stride * es, reverse, torch.get_num_threads())
+            fn(x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, batch_stride * es, reverse, torch.get_num_threads(),
+               channels_last)
             return out
     plan = _plan(x.shape, x.stride(), g, reverse)
     if plan is None:
@@ -242,11 +253,11 @@ class Shift(nn.Module):
     copied. Applied inline (``residual = False``): ShiftViT's block is
     ``x = shift(x); x = x + MLP(norm(x))``. Input and output (B, C, H, W).
 
-    Implementation (:func:`partial_shift`): one pass that writes each output element once
-    — a few long strided copies plus zero fills of only the opened border — in the input's
-    memory format (channels-last stays channels-last), and a backward that is the opposite
-    shift written the same way (``benchmarks/shift.py`` compares both with a plain copy and
-    with the paper's Algorithm 1).
+    Implementation (:func:`partial_shift`): one pass that writes each output element once,
+    in the input's memory format (channels-last stays channels-last) — on the CPU one C call
+    for the batch (``shift_kernel.c``), elsewhere a few long strided copies plus zero fills of
+    only the opened border — and a backward that is the opposite shift written the same way
+    (``benchmarks/shift.py`` compares both with a plain copy and with the paper's Algorithm 1).
     """
 
     layout = Layout.NCHW

@@ -1,4 +1,5 @@
-/* ShiftViT's partial shift on dense (B, C, H, W) images, one call for the whole batch.
+/* ShiftViT's partial shift on dense (B, C, H, W) or channels-last (B, H, W, C) images, one call
+ * for the whole batch.
  *
  * Compiled at first use by archbench/layers/native.py (plain C, no torch headers) and called
  * from shift.py, as a Python extension module's function where Python's headers are there,
@@ -100,14 +101,116 @@ static void shift_image(const unsigned char *xi, unsigned char *oi, int64_t g, i
     memcpy(oi + 4 * block, xi + 4 * block, (size_t)(image - 4 * block));  /* aligned alike: memcpy is fine */
 }
 
-/* x: B images, image b at x + b * x_batch_bytes, each dense (C, H, W); out: dense (B, C, H, W).
+/* Channels-last: a pixel's C values lie together, group k at bytes [k*gb, (k+1)*gb) of it, so
+ * an output pixel is five runs: each group's run out of its neighbour pixel (zeros where the
+ * neighbour is outside the map) and the rest out of the same pixel. The runs are short (32 to
+ * 256 bytes at ShiftViT's stages in fp32) and many (five a pixel), so they are moved in fixed
+ * 32-, 8- and 1-byte steps, not by calls: a memcpy call or a general loop's set-up costs more
+ * than moving 32 bytes. */
+typedef unsigned char bytes32 __attribute__((vector_size(32), aligned(1), may_alias));
+typedef uint64_t bytes8 __attribute__((aligned(1), may_alias));
+
+/* n bytes in 32-byte steps, then 8, then 1; `wide`: n is known to be a multiple of 32 (a
+ * constant where inlined, so the other steps are not compiled in) */
+static inline __attribute__((always_inline)) void move_run(unsigned char *restrict d, const unsigned char *restrict s,
+                                                           int64_t n, int wide) {
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        *(bytes32 *)(d + i) = *(const bytes32 *)(s + i);
+    if (wide)
+        return;
+    for (; i + 8 <= n; i += 8)
+        *(bytes8 *)(d + i) = *(const bytes8 *)(s + i);
+    for (; i < n; i++)
+        d[i] = s[i];
+}
+
+static inline __attribute__((always_inline)) void zero_run(unsigned char *restrict d, int64_t n, int wide) {
+    const bytes32 z = {0};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        *(bytes32 *)(d + i) = z;
+    if (wide)
+        return;
+    for (; i + 8 <= n; i += 8)
+        *(bytes8 *)(d + i) = 0;
+    for (; i < n; i++)
+        d[i] = 0;
+}
+
+/* One output pixel: group k out of src[k] (NULL: zeros), the rest out of the pixel itself. */
+static inline __attribute__((always_inline)) void shift_pixel(unsigned char *op, const unsigned char *xp,
+                                                              const unsigned char *const src[4], int64_t gb,
+                                                              int64_t rest, int wide) {
+    for (int k = 0; k < 4; k++) {
+        if (src[k])
+            move_run(op + k * gb, src[k] + k * gb, gb, wide);
+        else
+            zero_run(op + k * gb, gb, wide);
+    }
+    move_run(op + 4 * gb, xp + 4 * gb, rest, wide);
+}
+
+/* One (H, W, C) image. Group k's value at pixel (h, w) comes from (h, w + 1) for k = 0, (h, w - 1)
+ * for 1, (h + 1, w) for 2, (h - 1, w) for 3; reverse swaps 0 with 1 and 2 with 3. */
+static inline __attribute__((always_inline)) void shift_image_nhwc_(const unsigned char *xi, unsigned char *oi,
+                                                                    int64_t C, int64_t H, int64_t W, int64_t g,
+                                                                    int64_t es, int reverse, int wide) {
+    const int64_t pix = C * es, gb = g * es, rest = pix - 4 * gb, row = W * pix;
+    /* where the neighbour of each direction lies, in bytes: right, left, below, above */
+    const int64_t right = pix, left = -pix, below = row, above = -row;
+    const int64_t off[4] = {reverse ? left : right, reverse ? right : left, reverse ? above : below,
+                            reverse ? below : above};
+    for (int64_t h = 0; h < H; h++) {
+        const unsigned char *xr = xi + h * row;
+        unsigned char *orow = oi + h * row;
+        const int vert[4] = {1, 1, h + (off[2] > 0 ? 1 : -1) >= 0 && h + (off[2] > 0 ? 1 : -1) < H,
+                             h + (off[3] > 0 ? 1 : -1) >= 0 && h + (off[3] > 0 ? 1 : -1) < H};
+        for (int64_t w = 0; w < W; w++) {
+            const unsigned char *xp = xr + w * pix;
+            const int wk0 = w + (off[0] > 0 ? 1 : -1), wk1 = w + (off[1] > 0 ? 1 : -1);
+            const unsigned char *src[4] = {wk0 >= 0 && wk0 < W ? xp + off[0] : NULL,
+                                           wk1 >= 0 && wk1 < W ? xp + off[1] : NULL,
+                                           vert[2] ? xp + off[2] : NULL, vert[3] ? xp + off[3] : NULL};
+            /* the run the row below gives, 8 pixels ahead: read a few lines at a time, 1 in 6
+             * of a 56x56 map's pixel, the row below is not in cache yet and the hardware's
+             * prefetch does not see the pattern (1.25-1.45x a copy without this, 1.0-1.15x with) */
+            if (vert[2 + reverse])
+                for (int64_t l = 0; l < gb; l += 64)
+                    __builtin_prefetch(xp + below + 8 * pix + (2 + reverse) * gb + l);
+            shift_pixel(orow + w * pix, xp, src, gb, rest, wide);
+        }
+    }
+}
+
+LOOP_KERNEL static void shift_image_nhwc(const unsigned char *xi, unsigned char *oi, int64_t C, int64_t H,
+                                         int64_t W, int64_t g, int64_t es, int reverse) {
+    if ((g * es) % 32 == 0 && (C * es) % 32 == 0)  /* fp32 with g a multiple of 8: ShiftViT's stages */
+        shift_image_nhwc_(xi, oi, C, H, W, g, es, reverse, 1);
+    else
+        shift_image_nhwc_(xi, oi, C, H, W, g, es, reverse, 0);
+}
+
+/* x: B images, image b at x + b * x_batch_bytes, each dense (C, H, W) (channels_last: (H, W, C));
+ * out: dense (B, C, H, W) (channels_last: (B, H, W, C)).
  * threads: the caller's intra-op thread count (torch.get_num_threads()).
  * Returns 0, or 1 when the masks could not be allocated (nothing written). */
-int archbench_shift_nchw(const unsigned char *x, unsigned char *out, int64_t B, int64_t C, int64_t H,
-                         int64_t W, int64_t g, int64_t es, int64_t x_batch_bytes, int reverse, int threads) {
+int archbench_shift(const unsigned char *x, unsigned char *out, int64_t B, int64_t C, int64_t H, int64_t W,
+                    int64_t g, int64_t es, int64_t x_batch_bytes, int reverse, int threads, int channels_last) {
     const int64_t plane = H * W * es, image = C * plane;
     if (B <= 0 || image <= 0)  /* nothing to write (and no mask of zero-sized maps to size) */
         return 0;
+    if (channels_last) {  /* below a megabyte, one thread: see the (B, C, H, W) loop below */
+        if (threads > 1 && B > 1 && B * image >= (1 << 20)) {
+            #pragma omp parallel for schedule(static) num_threads(threads)
+            for (int64_t b = 0; b < B; b++)
+                shift_image_nhwc(x + b * x_batch_bytes, out + b * image, C, H, W, g, es, reverse);
+        } else {
+            for (int64_t b = 0; b < B; b++)
+                shift_image_nhwc(x + b * x_batch_bytes, out + b * image, C, H, W, g, es, reverse);
+        }
+        return 0;
+    }
     /* d (bytes) of each group: forward left, right, up, down */
     const int64_t row = W * es;
     const int64_t d[4] = {reverse ? -es : es, reverse ? es : -es, reverse ? -row : row, reverse ? row : -row};
@@ -132,14 +235,14 @@ int archbench_shift_nchw(const unsigned char *x, unsigned char *out, int64_t B, 
 }
 
 /* The same, its arguments as one block of int64 (pointers as integers), in the order above:
- * a ctypes call with one argument costs a microsecond less than with eleven. */
-int archbench_shift_nchw_packed(const int64_t *a) {
-    return archbench_shift_nchw((const unsigned char *)(intptr_t)a[0], (unsigned char *)(intptr_t)a[1], a[2], a[3],
-                                a[4], a[5], a[6], a[7], a[8], (int)a[9], (int)a[10]);
+ * a ctypes call with one argument costs a microsecond less than with twelve. */
+int archbench_shift_packed(const int64_t *a) {
+    return archbench_shift((const unsigned char *)(intptr_t)a[0], (unsigned char *)(intptr_t)a[1], a[2], a[3], a[4],
+                           a[5], a[6], a[7], a[8], (int)a[9], (int)a[10], (int)a[11]);
 }
 
-/* Python's entry: shift_kernel.shift_nchw(x, out, B, C, H, W, g, es, x_batch_bytes, reverse,
- * threads), the same eleven integers. A ctypes call costs ~1.2 us on this project's CPU, 3% of
+/* Python's entry: shift_kernel.shift(x, out, B, C, H, W, g, es, x_batch_bytes, reverse, threads,
+ * channels_last), the same twelve integers. A ctypes call costs ~1.2 us on this project's CPU, 3% of
  * copying a 7x7 stage's tensor; a METH_FASTCALL function ~0.1 us. Where the compiler finds no
  * Python.h, the library has only the C entries above and shift.py calls them through ctypes. */
 #if defined(__has_include)
@@ -147,17 +250,17 @@ int archbench_shift_nchw_packed(const int64_t *a) {
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-static PyObject *py_shift_nchw(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *py_shift(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    int64_t a[11];
-    if (nargs != 11)
-        return PyErr_Format(PyExc_TypeError, "shift_nchw takes 11 integers (%zd given)", nargs);
-    for (int i = 0; i < 11; i++)
+    int64_t a[12];
+    if (nargs != 12)
+        return PyErr_Format(PyExc_TypeError, "shift takes 12 integers (%zd given)", nargs);
+    for (int i = 0; i < 12; i++)
         if ((a[i] = PyLong_AsLongLong(args[i])) == -1 && PyErr_Occurred())
             return NULL;
     int failed;
     Py_BEGIN_ALLOW_THREADS  /* as ctypes does: other Python threads run while this one shifts */
-    failed = archbench_shift_nchw_packed(a);
+    failed = archbench_shift_packed(a);
     Py_END_ALLOW_THREADS
     if (failed)
         return PyErr_Format(PyExc_MemoryError, "shift: no memory for the border masks of a %lldx%lld map",
@@ -166,8 +269,8 @@ static PyObject *py_shift_nchw(PyObject *self, PyObject *const *args, Py_ssize_t
 }
 
 static PyMethodDef shift_kernel_methods[] = {
-    {"shift_nchw", (PyCFunction)(void (*)(void))py_shift_nchw, METH_FASTCALL,
-     "shift_nchw(x, out, B, C, H, W, g, es, x_batch_bytes, reverse, threads): archbench_shift_nchw"},
+    {"shift", (PyCFunction)(void (*)(void))py_shift, METH_FASTCALL,
+     "shift(x, out, B, C, H, W, g, es, x_batch_bytes, reverse, threads, channels_last): archbench_shift"},
     {NULL, NULL, 0, NULL},
 };
 
