@@ -95,6 +95,23 @@ def medians_us(fns: dict, rounds: int, block_s: float) -> dict[str, float]:
     return {k: statistics.median(v) * 1e6 for k, v in times.items()}
 
 
+def cold_calls_us(fns: dict, flush, rounds: int = 9, calls: int = 1000) -> dict[str, float]:
+    """Median over rounds of the mean time of one call made right after ``flush()`` (a copy of
+    the stage's tensor, as a model's step runs one between two shifts): the fixed cost of a
+    call when the caches hold the tensors' data, not the code and objects the call walks."""
+    times = {k: [] for k in fns}
+    for r in range(rounds):
+        for k in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+            total = 0.0
+            for _ in range(calls):
+                flush()
+                t0 = time.perf_counter()
+                fns[k]()
+                total += time.perf_counter() - t0
+            times[k].append(total / calls)
+    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+
+
 def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, block_s: float,
                 compiled: bool = False, ops_column: bool = False, device: torch.device = torch.device("cpu")) -> dict:
     B, C, H, W = shape
@@ -119,6 +136,11 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
             assert torch.equal(fused(x), y)
             fns["compiled"] = lambda: fused(x)
         fwd = medians_us(fns, rounds, block_s)
+        if device.type == "cpu":  # the module's fixed cost per call: on a 1x12x2x2 map, after a copy of this stage's
+            tiny, flushed = torch.randn(1, 12, 2, 2).contiguous(memory_format=fmt), torch.empty_like(x)
+            small = Shift(12, heads=1, grid=(2, 2))
+            cold = cold_calls_us({"ours": lambda: small(tiny), "copy": lambda: tiny.clone()}, lambda: flushed.copy_(x))
+            fwd.update({"ours_tiny_cold": cold["ours"], "copy_tiny_cold": cold["copy"]})
     # backward: one graph per function, retained, so that a call times the backward pass only
     x = torch.randn(shape, device=device).contiguous(memory_format=fmt).requires_grad_(True)
     dy = torch.randn(shape, device=device).contiguous(memory_format=fmt)
@@ -136,6 +158,8 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
     return {"ours_us": fwd["ours"], "algorithm1_us": fwd["algorithm1"], "copy_us": fwd["copy"],
             "torch_ops_us": fwd.get("torch_ops", fwd["ours"]),
             "kernel_us": fwd.get("kernel", float("nan")), "copy_into_us": fwd.get("copy_into", float("nan")),
+            "ours_tiny_cold_us": fwd.get("ours_tiny_cold", float("nan")),
+            "copy_tiny_cold_us": fwd.get("copy_tiny_cold", float("nan")),
             **({"compiled_us": fwd["compiled"], "compiled_bwd_us": bwd["compiled"]} if compiled else {}),
             "ours_bwd_us": bwd["ours"], "algorithm1_bwd_us": bwd["algorithm1"], "copy_bwd_us": bwd["copy"],
             "clone_bwd_us": bwd["clone"]}
@@ -208,7 +232,8 @@ RATIOS = ["ours_vs_copy", "kernel_vs_copy_into", "ours_bwd_vs_copy", "compiled_v
 def columns(args) -> list[str]:
     cols = ["shape", "format", "kernel", "MB", "ours_us", "torch_ops_us", "algorithm1_us", "copy_us", "ours_vs_copy",
             "kernel_us", "copy_into_us", "kernel_vs_copy_into", "ours_bwd_us",
-            "algorithm1_bwd_us", "copy_bwd_us", "ours_bwd_vs_copy", "clone_bwd_us"]
+            "algorithm1_bwd_us", "copy_bwd_us", "ours_bwd_vs_copy", "clone_bwd_us", "ours_tiny_cold_us",
+            "copy_tiny_cold_us"]
     if args.compiled:
         cols[8:8] = ["compiled_us", "compiled_vs_copy"]
         cols += ["compiled_bwd_us", "compiled_bwd_vs_copy"]
@@ -226,6 +251,10 @@ def notes(args, device: torch.device, load: str) -> list[str]:
             "output, against `copy_into_us`, "
             "`out.copy_(x)` into a reused output: the kernel without the module's Python-level calls "
             "(module, checks, output allocation: a fixed few µs a call) — blank where the kernel did not run.  ",
+            "`ours_tiny_cold_us`, `copy_tiny_cold_us`: that fixed cost alone — the module call and `x.clone()` on "
+            "a 1x12x2x2 map, each call right after a copy of the row's tensor (as in a model's step, where other "
+            "layers' data has passed through the caches between two shifts): what a call costs beyond its "
+            "bytes, set against a copy of the row's shape (`copy_us`).  ",
             "Backward (`*_bwd_us`): `torch.autograd.grad(y, x, dy, retain_graph=True)` on one retained graph "
             "(autograd engine + the op's backward). **Backward copy baseline (`copy_bwd_us`): a copy as a custom "
             "autograd function, like ours, whose backward is a plain `dy.clone()`** — engine and function "
