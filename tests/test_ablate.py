@@ -237,11 +237,19 @@ def test_ablate_interrupted_mid_run_resumes(tmp_path, capsys, jobs, sig):
     import pandas as pd
 
     out = tmp_path / "abl"
+    # 2 arms x 3 seeds: after the first rows land, at least two more rounds of runs are left even
+    # with 2 jobs, so the signal lands mid-ablation also when the machine is slow to deliver it
+    # (with 2 seeds, 2 jobs and the other test worker busy, all 4 runs once finished first)
+    n = 6
     args = ["ablate", "--mixer", "shift", "--dims", "12,24", "--depths", "1,1", "--heads", "1,2",
-            "--vary", "mlp_ratio=4,2", "--seeds", "2", "--epochs", "1", "--limit-train", "200", "--limit-test", "100",
+            "--vary", "mlp_ratio=4,2", "--seeds", "3", "--epochs", "1", "--limit-train", "200", "--limit-test", "100",
             "--out", str(out)]
+    # a console line longer than the terminal wraps, and with it the message checked below (the
+    # table's path is in it, longer under pytest-xdist's temporary folders): wide lines, and
+    # the words compared with the line breaks taken out
     proc = subprocess.Popen([sys.executable, "-m", "archbench", *args, "--jobs", jobs], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "COLUMNS": "400"})
     deadline = time.monotonic() + 300
     while not (out / "runs.parquet").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -249,18 +257,18 @@ def test_ablate_interrupted_mid_run_resumes(tmp_path, capsys, jobs, sig):
     stdout, stderr = proc.communicate(timeout=120)
     kept = pd.read_parquet(out / "runs.parquet")
     # the kill must land mid-ablation, or this test would show nothing
-    assert 1 <= len(kept) < 4, (len(kept), stdout, stderr)
+    assert 1 <= len(kept) < n, (len(kept), stdout, stderr)
     if sig == "SIGINT":
         assert proc.returncode == 130
-        assert f"rerun the same command to train the other {4 - len(kept)}" in stdout + stderr
+        assert f"rerun the same command to train the other {n - len(kept)}" in " ".join((stdout + stderr).split())
     else:
         assert proc.returncode == -signal.SIGKILL
 
     capsys.readouterr()
     assert main(args) == 0
-    assert f"{4 - len(kept)} of 4 runs to train ({len(kept)} already" in capsys.readouterr().out
+    assert f"{n - len(kept)} of {n} runs to train ({len(kept)} already" in capsys.readouterr().out
     runs = pd.read_parquet(out / "runs.parquet")
-    assert len(runs) == 4 and not runs.duplicated(["run_key", "seed"]).any()
+    assert len(runs) == n and not runs.duplicated(["run_key", "seed"]).any()
     # the runs finished before the interruption were not retrained: same rows, same timestamps
     again = runs.set_index(["run_key", "seed"]).loc[kept.set_index(["run_key", "seed"]).index]
     assert list(again["timestamp"]) == list(kept["timestamp"]) and list(again["top1"]) == list(kept["top1"])
