@@ -158,10 +158,10 @@ def shift_layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {
         "contiguous": x,
         "channels_last": x.contiguous(memory_format=torch.channels_last),
-        "storage_offset": torch.cat([torch.zeros(3), x.flatten()])[3:].view(B, C, H, W),
-        "batch_gap": torch.cat([x, torch.zeros(B, 1, H, W)], dim=1)[:, :C],  # channels of a wider tensor
+        "storage_offset": torch.cat([x.new_zeros(3), x.flatten()])[3:].view(B, C, H, W),
+        "batch_gap": torch.cat([x, x.new_zeros(B, 1, H, W)], dim=1)[:, :C],  # channels of a wider tensor
         # a token macro's grid: (B, 1 + H·W, C) without its class token, viewed as (B, C, H, W)
-        "tokens_grid": torch.cat([torch.zeros(B, 1, C), nhwc.reshape(B, H * W, C)], dim=1)[:, 1:]
+        "tokens_grid": torch.cat([x.new_zeros(B, 1, C), nhwc.reshape(B, H * W, C)], dim=1)[:, 1:]
         .reshape(B, H, W, C).permute(0, 3, 1, 2),
         "transposed": x.transpose(2, 3).contiguous().transpose(2, 3),  # neither layout: the sliced path
     }
@@ -248,11 +248,13 @@ def test_shift_and_its_opposite_keep_every_bit(dtype, C, H, W, n_div, layout, na
 
 
 @pytest.mark.parametrize("C,H,W,dtype", [(96, 9, 7, torch.float32), (192, 4, 5, torch.float32),
-                                         (48, 3, 6, torch.float64), (96, 1, 6, torch.float32)])
+                                         (48, 3, 6, torch.float64), (96, 1, 6, torch.float32),
+                                         (96, 9, 7, torch.float16), (192, 4, 5, torch.bfloat16)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "tokens_grid"])
 def test_shift_at_shiftvit_widths_matches_algorithm1(C, H, W, dtype, layout, nan_empty, kernel):
     """γ = 1/12 of C = 96 or 192 in fp32 (and 48 in fp64): each group's run is a multiple of
-    32 bytes, the case the channels-last loop moves in whole 32-byte steps."""
+    32 bytes, the case the channels-last loop moves in whole 32-byte steps; in fp16/bf16 a
+    multiple of 16, moved in whole 16-byte steps."""
     from archbench.layers.mixers.shift import partial_shift
 
     g = C // 12
