@@ -3,9 +3,10 @@
 
 Depth: a block's cost is the same for every block of a stage, so the cost is linear in the
 per-stage depths; the model with one block a stage and one build per stage with a second
-block give the slopes, every depth vector in a box is scored at once, and the best candidates are built and counted exactly. Among vectors within
-the tolerance the one closest to a uniform scaling of the base's depths wins (the paper's
-r2 models scale all stages). Width: a bisection on one multiplier of every stage's width
+block give the slopes, every depth vector in a box is scored at once, and the best
+candidates are built and counted exactly. Among vectors within the tolerance the one
+closest to a uniform scaling of the base's depths wins (the paper's r2 models scale all
+stages). Width: a bisection on one multiplier of every stage's width
 (kept divisible by the stage's heads), then the neighbours, each counted exactly.
 """
 from __future__ import annotations
@@ -173,13 +174,9 @@ def _slopes(spec, metric, measure_fn) -> list[float] | None:
     cost is linear in the depths): models of a few blocks build and trace in a fraction of the
     time of the arm's own (at 224 px, 4 blocks against ShiftViT-T's 12 or a matched 36). None
     where a one-block stage is not a valid spec."""
-    ones = [1] * len(spec.stages)
-    try:
-        small = [_with_depths(spec, [1 + (j == i) for j in range(len(ones))]) for i in range(-1, len(ones))]
-    except ValueError:
-        return None
-    try:
-        costs = [measure_fn(s).get(metric) for s in small]
+    n = len(spec.stages)
+    try:  # the one-block model, then each stage with a second block
+        costs = [measure_fn(_with_depths(spec, [1 + (j == i) for j in range(n)])).get(metric) for i in range(-1, n)]
     except ValueError:
         return None
     return [c - costs[0] for c in costs[1:]]

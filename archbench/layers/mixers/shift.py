@@ -25,9 +25,10 @@ def shift_groups(dim: int, ratio: float) -> int:
 # --------------------------------------------------------------------------- the PyTorch-op form
 #
 # (On the CPU, dense (B, C, H, W) and channels-last images go to the C kernel instead, one
-# call for the batch: ``shift_kernel.c``, below.) The output is written once, element by element, by strided copies out of the input and
-# zero fills of only the border a shift opens — no zero fill of whole channels (the paper's
-# Algorithm 1 zero-fills the whole output first; ``benchmarks/shift.py`` measures both).
+# call for the batch: ``shift_kernel.c``, below.) The output is written once, element by
+# element, by strided copies out of the input and zero fills of only the border a shift
+# opens — no zero fill of whole channels (the paper's Algorithm 1 zero-fills the whole output
+# first; ``benchmarks/shift.py`` measures both).
 #
 # What keeps it a handful of long copies: a shift by one pixel is, in memory, a shift of the
 # group's block by one stride. In contiguous (B, C, H, W), group k of an image is one block
@@ -138,9 +139,9 @@ def _native_fn():
     """The C kernel (``shift_kernel.c``) for dense (B, C, H, W) or channels-last images on the
     CPU, as a function of (x, out, B, C, H, W, g, element bytes, x's batch stride in bytes,
     reverse, threads, channels_last) — pointers as integers — that raises MemoryError when its
-    border masks cannot be allocated;
-    or None where it cannot be built (:mod:`archbench.layers.native`). Its Python entry where
-    the library has one, else the same C function through ctypes."""
+    border masks cannot be allocated; or None where it cannot be built
+    (:mod:`archbench.layers.native`). Its Python entry where the library has one, else the
+    same C function through ctypes."""
     module = native.load_module(KERNEL)
     return module.shift if module is not None else _ctypes_fn()
 

@@ -149,28 +149,22 @@ static inline __attribute__((always_inline)) void shift_image_nhwc_(const unsign
                                                                     int64_t C, int64_t H, int64_t W, int64_t g,
                                                                     int64_t es, int reverse, int quantum) {
     const int64_t pix = C * es, gb = g * es, rest = pix - 4 * gb, row = W * pix;
-    /* where the neighbour of each direction lies, in bytes: right, left, below, above */
-    const int64_t right = pix, left = -pix, below = row, above = -row;
-    const int64_t off[4] = {reverse ? left : right, reverse ? right : left, reverse ? above : below,
-                            reverse ? below : above};
+    const int64_t dw = reverse ? -1 : 1, dh = reverse ? -1 : 1;  /* group 0 reads w + dw, 1 w - dw, 2 h + dh, 3 h - dh */
+    const int from_below = reverse ? 3 : 2;  /* the group that reads row h + 1 */
     for (int64_t h = 0; h < H; h++) {
-        const unsigned char *xr = xi + h * row;
-        unsigned char *orow = oi + h * row;
-        const int vert[4] = {1, 1, h + (off[2] > 0 ? 1 : -1) >= 0 && h + (off[2] > 0 ? 1 : -1) < H,
-                             h + (off[3] > 0 ? 1 : -1) >= 0 && h + (off[3] > 0 ? 1 : -1) < H};
+        const int has2 = 0 <= h + dh && h + dh < H, has3 = 0 <= h - dh && h - dh < H;
         for (int64_t w = 0; w < W; w++) {
-            const unsigned char *xp = xr + w * pix;
-            const int wk0 = w + (off[0] > 0 ? 1 : -1), wk1 = w + (off[1] > 0 ? 1 : -1);
-            const unsigned char *src[4] = {wk0 >= 0 && wk0 < W ? xp + off[0] : NULL,
-                                           wk1 >= 0 && wk1 < W ? xp + off[1] : NULL,
-                                           vert[2] ? xp + off[2] : NULL, vert[3] ? xp + off[3] : NULL};
+            const unsigned char *xp = xi + h * row + w * pix;
+            const int has0 = 0 <= w + dw && w + dw < W, has1 = 0 <= w - dw && w - dw < W;
+            const unsigned char *src[4] = {has0 ? xp + dw * pix : NULL, has1 ? xp - dw * pix : NULL,
+                                           has2 ? xp + dh * row : NULL, has3 ? xp - dh * row : NULL};
             /* the run the row below gives, 8 pixels ahead: read a few lines at a time, 1 in 6
              * of a 56x56 map's pixel, the row below is not in cache yet and the hardware's
              * prefetch does not see the pattern (1.25-1.45x a copy without this, 1.0-1.15x with) */
-            if (vert[2 + reverse])
+            if (h + 1 < H)
                 for (int64_t l = 0; l < gb; l += 64)
-                    __builtin_prefetch(xp + below + 8 * pix + (2 + reverse) * gb + l);
-            shift_pixel(orow + w * pix, xp, src, gb, rest, quantum);
+                    __builtin_prefetch(xp + row + 8 * pix + from_below * gb + l);
+            shift_pixel(oi + h * row + w * pix, xp, src, gb, rest, quantum);
         }
     }
 }
@@ -188,6 +182,26 @@ LOOP_KERNEL static void shift_image_nhwc(const unsigned char *xi, unsigned char 
         shift_image_nhwc_(xi, oi, C, H, W, g, es, reverse, 1);
 }
 
+/* One call's arguments and what is derived from them, for the per-image work. */
+struct job {
+    const unsigned char *x;
+    unsigned char *out;
+    int64_t x_batch_bytes, C, H, W, g, es, plane, image;
+    int reverse, channels_last;
+    int64_t d[4];                /* (B, C, H, W): each group's source offset in bytes */
+    const unsigned char *masks;  /* (B, C, H, W): the border masks, `chunk` channels a direction */
+    int64_t chunk, mbytes;
+};
+
+static void one_image(const struct job *j, int64_t b) {
+    const unsigned char *xi = j->x + b * j->x_batch_bytes;
+    unsigned char *oi = j->out + b * j->image;
+    if (j->channels_last)
+        shift_image_nhwc(xi, oi, j->C, j->H, j->W, j->g, j->es, j->reverse);
+    else
+        shift_image(xi, oi, j->g, j->plane, j->image, j->d, j->masks, j->mbytes, j->chunk);
+}
+
 /* x: B images, image b at x + b * x_batch_bytes, each dense (C, H, W) (channels_last: (H, W, C));
  * out: dense (B, C, H, W) (channels_last: (B, H, W, C)).
  * threads: the caller's intra-op thread count (torch.get_num_threads()).
@@ -197,36 +211,28 @@ int archbench_shift(const unsigned char *x, unsigned char *out, int64_t B, int64
     const int64_t plane = H * W * es, image = C * plane;
     if (B <= 0 || image <= 0)  /* nothing to write (and no mask of zero-sized maps to size) */
         return 0;
-    if (channels_last) {  /* below a megabyte, one thread: see the (B, C, H, W) loop below */
-        if (threads > 1 && B > 1 && B * image >= (1 << 20)) {
-            #pragma omp parallel for schedule(static) num_threads(threads)
-            for (int64_t b = 0; b < B; b++)
-                shift_image_nhwc(x + b * x_batch_bytes, out + b * image, C, H, W, g, es, reverse);
-        } else {
-            for (int64_t b = 0; b < B; b++)
-                shift_image_nhwc(x + b * x_batch_bytes, out + b * image, C, H, W, g, es, reverse);
-        }
-        return 0;
+    struct job job = {x, out, x_batch_bytes, C, H, W, g, es, plane, image, reverse, channels_last, {0}, NULL, 0, 0};
+    if (!channels_last) {
+        /* d (bytes) of each group: forward left, right, up, down */
+        const int64_t row = W * es;
+        const int64_t d[4] = {reverse ? -es : es, reverse ? es : -es, reverse ? -row : row, reverse ? row : -row};
+        memcpy(job.d, d, sizeof d);
+        /* channels per masked call: about 8 KB (one channel where a channel is larger) */
+        job.chunk = plane >= 8192 ? 1 : (8192 / plane < g ? 8192 / plane : g);
+        job.mbytes = job.chunk * plane;  /* one direction's mask: `chunk` channels */
+        if (g > 0 && (job.masks = border_masks(H, W, es, job.chunk, d, reverse)) == NULL)
+            return 1;
     }
-    /* d (bytes) of each group: forward left, right, up, down */
-    const int64_t row = W * es;
-    const int64_t d[4] = {reverse ? -es : es, reverse ? es : -es, reverse ? -row : row, reverse ? row : -row};
-    /* channels per masked call: about 8 KB (one channel where a channel is larger) */
-    const int64_t chunk = plane >= 8192 ? 1 : (8192 / plane < g ? 8192 / plane : g);
-    const int64_t mbytes = chunk * plane;  /* one direction's mask: `chunk` channels */
-    const unsigned char *masks = NULL;
-    if (g > 0 && (masks = border_masks(H, W, es, chunk, d, reverse)) == NULL)
-        return 1;
     /* below a megabyte a call is over before the threads would have started; and the loop
      * is not entered through the parallel region then: even with its `if` false, a region
      * costs ~0.5 us (the runtime's call), as much as the rest of a call's fixed cost */
     if (threads > 1 && B > 1 && B * image >= (1 << 20)) {
         #pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t b = 0; b < B; b++)
-            shift_image(x + b * x_batch_bytes, out + b * image, g, plane, image, d, masks, mbytes, chunk);
+            one_image(&job, b);
     } else {
         for (int64_t b = 0; b < B; b++)
-            shift_image(x + b * x_batch_bytes, out + b * image, g, plane, image, d, masks, mbytes, chunk);
+            one_image(&job, b);
     }
     return 0;
 }
