@@ -337,6 +337,37 @@ def test_shift_under_torch_compile():
     assert torch.equal(x.grad, ref.grad)
 
 
+def test_shift_honours_lazy_negation_and_conjugation(kernel):
+    """A tensor whose values are not its bytes (PyTorch's lazy neg/conj bits, as ``x.conj()``
+    and its ``.imag`` carry) gives the values it stands for, not its bytes shifted."""
+    m = Shift(12, heads=1, grid=(3, 4))
+    x = torch.randn(2, 12, 3, 4)
+    neg = torch._neg_view(x)  # contiguous and dense: the layout the C kernel takes
+    assert neg.is_neg() and neg.is_contiguous()
+    assert torch.equal(m(neg), algorithm1(-x, m.g))
+    z = torch.randn(2, 12, 3, 4, dtype=torch.complex64)
+    assert z.conj().is_conj()
+    assert torch.equal(m(z.conj()), algorithm1(z.conj().resolve_conj(), m.g))
+    assert torch.equal(m(z), algorithm1(z, m.g))  # complex values are moved whole
+
+
+def test_shift_under_vmap_and_per_sample_gradients(kernel):
+    """torch.func: the shift vmapped over a batch of batches, and per-sample gradients
+    (vmap of grad through the custom backward), against a loop of plain calls."""
+    m = Shift(24, heads=1, grid=(3, 4))
+    xs = torch.randn(5, 2, 24, 3, 4)
+    assert torch.equal(torch.func.vmap(m)(xs), torch.stack([algorithm1(x, m.g) for x in xs]))
+    w = torch.randn(24)
+
+    def loss(w, x):
+        return (m(x * w[:, None, None]) * torch.arange(24.0)[:, None, None]).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(w, xs)
+    wr = w.clone().requires_grad_(True)
+    looped = torch.stack([torch.autograd.grad(loss(wr, x), wr)[0] for x in xs])
+    assert torch.allclose(per_sample, looped, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["fvcore", "ptflops"])
 def test_shift_counts_zero_macs_and_skips_nothing(backend):
     from archbench.measure import count_macs

@@ -182,27 +182,34 @@ def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = 
     """The shift (``reverse``: the opposite one) without autograd: (B, C, H, W) → same
     shape; dense (B, C, H, W) or channels-last images give the same layout back.
     ``allow_native=False``: the PyTorch-op form even where the C kernel would run."""
-    # the C kernel first, with the fewest Python-level calls: at a 7x7 stage each µs is 3% of a copy
-    if (allow_native and type(x) is torch.Tensor and x.is_cpu and (fn := _native_fn()) is not None
-            and not x.is_complex() and not torch.jit.is_tracing()):
-        B, C, H, W = x.shape
-        channels_last = False
-        if x.is_contiguous():  # one call for the whole batch: the ops below cost ~20 µs of Python-level calls
-            out, batch_stride = torch.empty_like(x), C * H * W  # (x.stride(0) costs 0.3 µs)
-        else:
-            _, sc, sh, sw = strides = x.stride()
-            if _dense((C, H, W), strides[1:]):  # dense images apart (a slice of a wider batch)
-                out = torch.empty_like(x, memory_format=torch.contiguous_format)
-            elif _dense((H, W, C), (sh, sw, sc)):  # channels-last, or a token grid's (H, W, C) view
-                out, channels_last = torch.empty_like(x, memory_format=torch.channels_last), True
+    # the C kernel first, with the fewest Python-level calls: at a 7x7 stage each µs is 3% of a copy.
+    # It moves bytes, so a tensor whose values are not its bytes (a lazy negation or conjugation
+    # bit) takes the ops, which honour them.
+    if (allow_native and type(x) is torch.Tensor and x.is_cpu and not x.is_neg() and not x.is_conj()
+            and not torch.jit.is_tracing() and (fn := _native_fn()) is not None):
+        try:
+            xp = x.data_ptr()
+        except RuntimeError:  # a tensor without storage of its own (torch.func's vmap wrappers): the ops
+            xp = None
+        if xp is not None:
+            B, C, H, W = x.shape
+            channels_last = False
+            if x.is_contiguous():  # one call for the whole batch: the ops below cost ~20 µs of Python-level calls
+                out, batch_stride = torch.empty_like(x), C * H * W  # (x.stride(0) costs 0.1 µs)
             else:
-                out = None
-            batch_stride = strides[0]
-        if out is not None:
-            es = x.element_size()
-            fn(x.data_ptr(), out.data_ptr(), B, C, H, W, g, es, batch_stride * es, reverse, torch.get_num_threads(),
-               channels_last)
-            return out
+                _, sc, sh, sw = strides = x.stride()
+                if _dense((C, H, W), strides[1:]):  # dense images apart (a slice of a wider batch)
+                    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+                elif _dense((H, W, C), (sh, sw, sc)):  # channels-last, or a token grid's (H, W, C) view
+                    out, channels_last = torch.empty_like(x, memory_format=torch.channels_last), True
+                else:
+                    out = None
+                batch_stride = strides[0]
+            if out is not None:
+                es = x.element_size()
+                fn(xp, out.data_ptr(), B, C, H, W, g, es, batch_stride * es, reverse, torch.get_num_threads(),
+                   channels_last)
+                return out
     plan = _plan(x.shape, x.stride(), g, reverse)
     if plan is None:
         return _shift_sliced(x, g, reverse)
@@ -221,6 +228,9 @@ def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = 
 class _ShiftFunction(torch.autograd.Function):
     """The shift with its exact gradient, the opposite shift (written the same way) —
     what autograd would derive from the slice copies, without its per-slice nodes."""
+
+    generate_vmap_rule = True  # torch.func's vmap (per-sample gradients): forward and backward are
+                               # the shift itself, which runs under vmap on its PyTorch ops
 
     @staticmethod
     def forward(x: torch.Tensor, g: int, reverse: bool) -> torch.Tensor:
