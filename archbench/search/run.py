@@ -28,6 +28,17 @@ def worker_devices(device: str, workers: int) -> list[str]:
     return [f"cuda:{i % gpus}" if gpus > 1 else device for i in range(workers)]
 
 
+def worker_threads(device: str, workers: int) -> int | None:
+    """PyTorch threads for each of ``workers`` CPU workers: the usable cores shared out (at
+    least one), so that they do not oversubscribe the cores — each process's OpenMP pool is as
+    large as the machine by default, and pools that outnumber the cores spin in each other's
+    barriers. None (PyTorch's default) for GPU workers."""
+    if not device.startswith("cpu"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
+
+
 def _die_with_parent(parent: int) -> None:
     """End this process when ``parent`` ends, even by SIGKILL: the kernel's parent-death signal on
     Linux, and a watchdog thread everywhere (and for a parent gone before the signal was set)."""
@@ -56,12 +67,17 @@ def _die_with_parent(parent: int) -> None:
 
 def worker(space_path: str, storage: str, study_name: str, target: int, index: int, device: str,
            deadline: float | None = None, checkpoints: str | None = None, size: int | None = None,
-           parent: int | None = None) -> None:
+           parent: int | None = None, threads: int | None = None) -> None:
     """One worker: trials one at a time until the study holds ``target`` configurations, the space
     (``size`` configurations) is exhausted, the sampler only repeats itself, or ``deadline``
-    (time.time()) has passed — checked before starting a trial, never in the middle of one."""
+    (time.time()) has passed — checked before starting a trial, never in the middle of one.
+    ``threads``: PyTorch's intra-op threads in this process (:func:`worker_threads`)."""
     if parent is not None:
         _die_with_parent(parent)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     from archbench.search.space import load_space
     from archbench.search.study import TRIAL_FAILURES, make_objective, open_study
 
@@ -154,7 +170,7 @@ def run_search(space_path: str | Path, *, trials: int, storage: str, study_name:
     if claims.distinct_finished(study.get_trials(deepcopy=False)) < min(trials, size or trials):
         ctx = mp.get_context("spawn")
         procs = [ctx.Process(target=worker, args=(str(space_path), storage, study_name, trials, i, dev, deadline,
-                                                  checkpoints, size, os.getpid()))
+                                                  checkpoints, size, os.getpid(), worker_threads(dev, workers)))
                  for i, dev in enumerate(worker_devices(device, workers))]
     try:
         for p in procs:
