@@ -27,6 +27,7 @@ import pandas as pd
 
 from archbench.ablate.plan import Ablation, Arm
 from archbench.results import read_table, save_rows, table_path
+from archbench.train.job import threads_per_process
 
 
 TABLE = "runs"  # every run's row: <out>/runs.parquet and .csv
@@ -160,7 +161,7 @@ def run_jobs(abl: Ablation, todo: Iterable[tuple[Arm, int]], *, jobs: int = 1,
         from concurrent.futures import ThreadPoolExecutor
 
         groups = _gpu_groups(abl.device, nproc, jobs)
-        threads = max(1, (os.cpu_count() or 1) // (jobs * nproc))
+        threads = threads_per_process(jobs * nproc)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(_torchrun_one, _payload(abl, arm, seed, "cuda" if groups[i % jobs] else
                                                            abl.device, threads), nproc, groups[i % jobs]):
@@ -181,7 +182,7 @@ def run_jobs(abl: Ablation, todo: Iterable[tuple[Arm, int]], *, jobs: int = 1,
     import multiprocessing as mp
 
     devices = _devices(abl.device)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_process(jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {}
         for i, (arm, seed) in enumerate(todo):

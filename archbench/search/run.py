@@ -29,14 +29,11 @@ def worker_devices(device: str, workers: int) -> list[str]:
 
 
 def worker_threads(device: str, workers: int) -> int | None:
-    """PyTorch threads for each of ``workers`` CPU workers: the usable cores shared out (at
-    least one), so that they do not oversubscribe the cores — each process's OpenMP pool is as
-    large as the machine by default, and pools that outnumber the cores spin in each other's
-    barriers. None (PyTorch's default) for GPU workers."""
-    if not device.startswith("cpu"):
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // workers)
+    """PyTorch threads for each of ``workers`` CPU workers: the cores shared out
+    (:func:`~archbench.train.job.threads_per_process`); None (PyTorch's default) for GPU workers."""
+    from archbench.train.job import threads_per_process
+
+    return threads_per_process(workers) if device.startswith("cpu") else None
 
 
 def _die_with_parent(parent: int) -> None:

@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 
+def threads_per_process(processes: int) -> int:
+    """PyTorch threads for each of ``processes`` processes sharing this machine's usable cores (at
+    least one): by default each process's OpenMP pool is as large as the machine, and pools that
+    outnumber the cores spin in each other's barriers."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // processes)
+
+
 def run_payload(payload: dict[str, Any], callback=None) -> dict[str, Any]:
     """The results row of the run ``payload`` describes (under torchrun: this rank's part)."""
     import torch
