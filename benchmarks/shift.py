@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from archbench.layers import native  # noqa: E402
-from archbench.layers.mixers.shift import KERNEL, Shift, _native_call, _native_fn, _shift  # noqa: E402
+from archbench.layers.mixers.shift import KERNEL, Shift, _native_call, _native_fn, _shift, partial_shift  # noqa: E402
 from archbench.measure.speed import device_name  # noqa: E402
 from archbench.results import provenance, write_report  # noqa: E402
 
@@ -67,6 +67,13 @@ class CopyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
         return dy.clone()
+
+
+class CopyModule(torch.nn.Module):
+    """A copy as a module: what any module call costs (``Module.__call__``) around a copy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
 
 
 SYNC = [lambda: None]  # torch.cuda.synchronize when timing a GPU: a block ends when its work has run
@@ -122,7 +129,11 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
         x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
         y = shift(x)
         assert torch.equal(y, algorithm1(x, g)) and y.is_contiguous(memory_format=fmt)
-        fns = {"ours": lambda: shift(x), "algorithm1": lambda: algorithm1(x, g), "copy": lambda: x.clone()}
+        copy_module = CopyModule()
+        fns = {"ours": lambda: shift(x), "algorithm1": lambda: algorithm1(x, g), "copy": lambda: x.clone(),
+               # the same work without the module call, and a copy with one: how much of ours_vs_copy is
+               # Module.__call__, which every mixer pays (the identity one too)
+               "function": lambda: partial_shift(x, g), "copy_module": lambda: copy_module(x)}
         if ops_column:  # our PyTorch-op form, where the C kernel is what `ours` runs
             assert torch.equal(_shift(x, g, allow_native=False), y)
             fns["torch_ops"] = lambda: _shift(x, g, allow_native=False)
@@ -156,6 +167,7 @@ def bench_shape(shape: tuple[int, ...], fmt: torch.memory_format, rounds: int, b
     bwd = medians_us({k: (lambda y=y: torch.autograd.grad(y, x, dy, retain_graph=True)) for k, y in graphs.items()},
                      rounds, block_s)
     return {"ours_us": fwd["ours"], "algorithm1_us": fwd["algorithm1"], "copy_us": fwd["copy"],
+            "function_us": fwd["function"], "copy_module_us": fwd["copy_module"],
             "torch_ops_us": fwd.get("torch_ops", fwd["ours"]),
             "kernel_us": fwd.get("kernel", float("nan")), "copy_into_us": fwd.get("copy_into", float("nan")),
             "ours_tiny_cold_us": fwd.get("ours_tiny_cold", float("nan")),
@@ -204,6 +216,8 @@ def main() -> None:
                          "MB": round(torch.Size(shape).numel() * 4 / 2 ** 20, 2),
                          **{k: round(v, 1) if v == v else "" for k, v in t.items()},  # NaN: not timed here
                          "ours_vs_copy": round(t["ours_us"] / t["copy_us"], 2),
+                         "function_vs_copy": round(t["function_us"] / t["copy_us"], 2),
+                         "ours_vs_copy_module": round(t["ours_us"] / t["copy_module_us"], 2),
                          "kernel_vs_copy_into": round(t["kernel_us"] / t["copy_into_us"], 2) if ops_ran else "",
                          **({"compiled_vs_copy": round(t["compiled_us"] / t["copy_us"], 2),
                              "compiled_bwd_vs_copy": round(t["compiled_bwd_us"] / t["copy_bwd_us"], 2)}
@@ -226,12 +240,12 @@ def main() -> None:
 
 
 TITLE = "Shift: ours vs a plain copy vs the paper's Algorithm 1, forward and backward"
-RATIOS = ["ours_vs_copy", "kernel_vs_copy_into", "ours_bwd_vs_copy", "compiled_vs_copy", "compiled_bwd_vs_copy"]
+RATIOS = ["ours_vs_copy", "function_vs_copy", "ours_vs_copy_module", "kernel_vs_copy_into", "ours_bwd_vs_copy", "compiled_vs_copy", "compiled_bwd_vs_copy"]
 
 
 def columns(args) -> list[str]:
     cols = ["shape", "format", "kernel", "MB", "ours_us", "torch_ops_us", "algorithm1_us", "copy_us", "ours_vs_copy",
-            "kernel_us", "copy_into_us", "kernel_vs_copy_into", "ours_bwd_us",
+            "function_us", "function_vs_copy", "copy_module_us", "ours_vs_copy_module", "kernel_us", "copy_into_us", "kernel_vs_copy_into", "ours_bwd_us",
             "algorithm1_bwd_us", "copy_bwd_us", "ours_bwd_vs_copy", "clone_bwd_us", "ours_tiny_cold_us",
             "copy_tiny_cold_us"]
     if args.compiled:
@@ -242,7 +256,12 @@ def columns(args) -> list[str]:
 
 def notes(args, device: torch.device, load: str) -> list[str]:
     return ["Median microseconds per call over interleaved rounds (ShiftViT-T stage shapes at 224, fp32).  ",
-            "Forward (`ours_us`, `algorithm1_us`, `copy_us`): inference mode; copy = `x.clone()`.  ",
+            "Forward (`ours_us`, `algorithm1_us`, `copy_us`): inference mode; ours = the `Shift` module's call, "
+            "copy = `x.clone()`.  ",
+            "`function_us`: the same shift called as a function (`partial_shift(x, g)`), without the module call; "
+            "`copy_module_us`: `x.clone()` inside a module's `forward`, called as a module. `function_vs_copy` and "
+            "`ours_vs_copy_module` set function against function and module against module: the part of "
+            "`ours_vs_copy` that is `nn.Module.__call__`, which every mixer pays, the identity one too.  ",
             f"`kernel`: what `ours` ran — `native`: the C kernel, {native.status(KERNEL)}, one call for the batch "
             "(dense (B, C, H, W) or channels-last on the CPU); `torch ops`: the PyTorch-op form (views, copies, "
             "border fills). "
