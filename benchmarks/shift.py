@@ -308,7 +308,7 @@ def over_processes(args) -> None:
         for i in range(args.processes):
             print(f"process {i + 1}/{args.processes}", flush=True)
             subprocess.run([sys.executable, __file__, *argv, "--out", f"{tmp}/run{i}"], check=True)
-            runs.append(pd.read_csv(f"{tmp}/run{i}.csv", keep_default_na=False).assign(process=i + 1))
+            runs.append(pd.read_csv(f"{tmp}/run{i}.csv", keep_default_na=False, dtype={"git_commit": str}).assign(process=i + 1))
     load = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     every = pd.concat(runs, ignore_index=True).assign(load_average=load)
     every.to_csv(out.with_suffix(".csv"), index=False)  # every process's rows
