@@ -240,12 +240,14 @@ def main() -> None:
 
 
 TITLE = "Shift: ours vs a plain copy vs the paper's Algorithm 1, forward and backward"
-RATIOS = ["ours_vs_copy", "function_vs_copy", "ours_vs_copy_module", "kernel_vs_copy_into", "ours_bwd_vs_copy", "compiled_vs_copy", "compiled_bwd_vs_copy"]
+RATIOS = ["ours_vs_copy", "function_vs_copy", "ours_vs_copy_module", "kernel_vs_copy_into", "ours_bwd_vs_copy",
+          "compiled_vs_copy", "compiled_bwd_vs_copy"]
 
 
 def columns(args) -> list[str]:
     cols = ["shape", "format", "kernel", "MB", "ours_us", "torch_ops_us", "algorithm1_us", "copy_us", "ours_vs_copy",
-            "function_us", "function_vs_copy", "copy_module_us", "ours_vs_copy_module", "kernel_us", "copy_into_us", "kernel_vs_copy_into", "ours_bwd_us",
+            "function_us", "function_vs_copy", "copy_module_us", "ours_vs_copy_module", "kernel_us", "copy_into_us",
+            "kernel_vs_copy_into", "ours_bwd_us",
             "algorithm1_bwd_us", "copy_bwd_us", "ours_bwd_vs_copy", "clone_bwd_us", "ours_tiny_cold_us",
             "copy_tiny_cold_us"]
     if args.compiled:
@@ -308,7 +310,8 @@ def over_processes(args) -> None:
         for i in range(args.processes):
             print(f"process {i + 1}/{args.processes}", flush=True)
             subprocess.run([sys.executable, __file__, *argv, "--out", f"{tmp}/run{i}"], check=True)
-            runs.append(pd.read_csv(f"{tmp}/run{i}.csv", keep_default_na=False, dtype={"git_commit": str}).assign(process=i + 1))
+            run = pd.read_csv(f"{tmp}/run{i}.csv", keep_default_na=False, dtype={"git_commit": str})  # 0270305 stays so
+            runs.append(run.assign(process=i + 1))
     load = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     every = pd.concat(runs, ignore_index=True).assign(load_average=load)
     every.to_csv(out.with_suffix(".csv"), index=False)  # every process's rows
