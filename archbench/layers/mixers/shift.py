@@ -136,6 +136,7 @@ KERNEL = Path(__file__).with_name("shift_kernel.c")
 # torch.jit.is_tracing() is this C call behind two Python-level ones (is_scripting, which is False outside
 # TorchScript); right after a stage's copy has passed through the caches those cost ~4 µs a shift
 _is_tracing = getattr(torch._C, "_is_tracing", None) or torch.jit.is_tracing
+_is_compiling = torch.compiler.is_compiling
 
 
 @functools.lru_cache(maxsize=None)
@@ -182,41 +183,45 @@ def _native_call(fn, x: torch.Tensor, out: torch.Tensor, g: int, reverse: bool, 
        channels_last)
 
 
+def _native_shift(x: torch.Tensor, g: int, reverse: bool) -> torch.Tensor | None:
+    """The shift (``reverse``: the opposite one) by the C kernel, one call for the batch, where
+    it applies: a plain CPU tensor whose values are its bytes (no lazy negation or conjugation
+    bit, which the PyTorch ops honour), outside a JIT trace, with dense (B, C, H, W) or
+    channels-last images; else None."""
+    # the fewest Python-level calls: at a 7x7 stage each µs is about 1 % of a copy
+    if not (type(x) is torch.Tensor and x.is_cpu and not x.is_neg() and not x.is_conj() and not _is_tracing()
+            and (fn := _native_fn()) is not None):
+        return None
+    try:
+        xp = x.data_ptr()
+    except RuntimeError:  # a tensor without storage of its own (torch.func's vmap wrappers): the ops
+        return None
+    B, C, H, W = x.shape
+    channels_last = False
+    # a dense batch (either layout) is told by one C call, not the Python loops over its strides below,
+    # and empty_like keeps its strides (x.stride(0) costs 0.1 µs)
+    if x.is_contiguous() or (channels_last := x.is_contiguous(memory_format=torch.channels_last)):
+        out, batch_stride = torch.empty_like(x), C * H * W
+    else:
+        _, sc, sh, sw = strides = x.stride()
+        if _dense((C, H, W), strides[1:]):  # dense images apart (a slice of a wider batch)
+            out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        elif _dense((H, W, C), (sh, sw, sc)):  # channels-last images apart, or a token grid's (H, W, C) view
+            out, channels_last = torch.empty_like(x, memory_format=torch.channels_last), True
+        else:
+            return None
+        batch_stride = strides[0]
+    es = x.element_size()
+    fn(xp, out.data_ptr(), B, C, H, W, g, es, batch_stride * es, reverse, torch.get_num_threads(), channels_last)
+    return out
+
+
 def _shift(x: torch.Tensor, g: int, reverse: bool = False, allow_native: bool = True) -> torch.Tensor:
     """The shift (``reverse``: the opposite one) without autograd: (B, C, H, W) → same
     shape; dense (B, C, H, W) or channels-last images give the same layout back.
     ``allow_native=False``: the PyTorch-op form even where the C kernel would run."""
-    # the C kernel first, with the fewest Python-level calls: at a 7x7 stage each µs is 3% of a copy.
-    # It moves bytes, so a tensor whose values are not its bytes (a lazy negation or conjugation
-    # bit) takes the ops, which honour them.
-    if (allow_native and type(x) is torch.Tensor and x.is_cpu and not x.is_neg() and not x.is_conj()
-            and not _is_tracing() and (fn := _native_fn()) is not None):
-        try:
-            xp = x.data_ptr()
-        except RuntimeError:  # a tensor without storage of its own (torch.func's vmap wrappers): the ops
-            xp = None
-        if xp is not None:
-            B, C, H, W = x.shape
-            channels_last = False
-            # one call for the whole batch: the ops below cost ~20 µs of Python-level calls. A dense batch
-            # (either layout) is told by one C call, not the Python loops over its strides below, and
-            # empty_like keeps its strides (x.stride(0) costs 0.1 µs)
-            if x.is_contiguous() or (channels_last := x.is_contiguous(memory_format=torch.channels_last)):
-                out, batch_stride = torch.empty_like(x), C * H * W
-            else:
-                _, sc, sh, sw = strides = x.stride()
-                if _dense((C, H, W), strides[1:]):  # dense images apart (a slice of a wider batch)
-                    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-                elif _dense((H, W, C), (sh, sw, sc)):  # channels-last images apart, or a token grid's (H, W, C) view
-                    out, channels_last = torch.empty_like(x, memory_format=torch.channels_last), True
-                else:
-                    out = None
-                batch_stride = strides[0]
-            if out is not None:
-                es = x.element_size()
-                fn(xp, out.data_ptr(), B, C, H, W, g, es, batch_stride * es, reverse, torch.get_num_threads(),
-                   channels_last)
-                return out
+    if allow_native and (out := _native_shift(x, g, reverse)) is not None:
+        return out
     plan = _plan(x.shape, x.stride(), g, reverse)
     if plan is None:
         return _shift_sliced(x, g, reverse)
@@ -305,4 +310,9 @@ class Shift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, C, H, W), same memory format."""
-        return partial_shift(x, self.g)
+        if x.requires_grad or _is_compiling():
+            return partial_shift(x, self.g)
+        # what partial_shift does without a graph to build, minus its two frames and two checks: at a 7x7
+        # stage, 0-4 µs a call (1-3 % of a copy) in A/B runs, as the caches are cold after the stage's data
+        out = _native_shift(x, self.g, False)
+        return out if out is not None else _shift(x, self.g, allow_native=False)
