@@ -265,7 +265,9 @@ def partial_shift(x: torch.Tensor, g: int, *, reverse: bool = False) -> torch.Te
         return _shift_sliced(x, g, reverse)  # plain slices: the compiler fuses them, autograd included
     if x.requires_grad and torch.is_grad_enabled() and not _is_tracing():
         return _ShiftFunction.apply(x, g, reverse)
-    return _shift(x, g, reverse)  # no graph to build, or a trace (FLOP counters) that sees the copies
+    # no graph to build (the backward's call too), or a trace (FLOP counters) that sees the copies
+    out = _native_shift(x, g, reverse)
+    return out if out is not None else _shift(x, g, reverse, allow_native=False)
 
 
 @MIXERS.register("shift")
