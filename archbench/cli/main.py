@@ -25,9 +25,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from archbench.cli import __doc__ as doc
-
-    p = Parser(prog="archbench", description=doc.splitlines()[0])
+    p = Parser(prog="archbench", description="Vision-transformer parts (token mixers, FFNs, macros) and the "
+               "published models: build, measure, train, search and ablate. `archbench COMMAND -h` for a command.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     default_device = "cuda" if _cuda() else "cpu"
     for command in COMMANDS:
