@@ -153,7 +153,7 @@ def test_two_workers_train_no_configuration_twice_and_stop_at_the_target(tmp_pat
     assert all(t.state.name != "RUNNING" for t in trials)
 
 
-def test_a_space_smaller_than_trials_reuses_results_and_says_it_is_exhausted(tmp_path, capsys):
+def test_a_space_smaller_than_trials_reuses_results_and_says_it_is_exhausted(tmp_path, capsys, monkeypatch):
     path = _space(tmp_path, """
         name: three
         base: {mixer: shift, ffn: mlp, dims: 16, depths: 1, img_size: 8}
@@ -179,6 +179,12 @@ def test_a_space_smaller_than_trials_reuses_results_and_says_it_is_exhausted(tmp
         first = df[df["trial"] == r["reused_from"]].iloc[0]
         assert r["config_key"] == first["config_key"] and r["top1"] == first["top1"] and not r["trained"]
         assert r["reason"].startswith(f"same configuration as trial {int(r['reused_from'])}")
+    # the printed table names each trial's sampled values: trials of one mixer and FFN are told apart
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["results", "three", "--results-dir", str(tmp_path)]) == 0
+    cells = [line.split("│") for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    sampled = {int(c[1].strip().removeprefix("★ ")): c[5].strip() for c in cells}
+    assert sampled == {r["trial"]: f"mlp_ratio={r['param_mlp_ratio']:g}" for _, r in df.iterrows()}
 
 
 def test_two_processes_starting_one_new_study_share_it(tmp_path):

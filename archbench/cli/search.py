@@ -108,14 +108,25 @@ def _print_trials(df, name: str) -> None:
     from rich.table import Table
 
     t = Table(title=f"study {name}: {len(df)} trials (★ = Pareto, top-1 vs GMACs)")
-    for col in ("trial", "state", "mixer", "ffn", "params (M)", "GMACs", "top-1", "img/s", "note"):
+    # the space's other sampled parameters, so that two trials of one mixer and FFN can be told apart
+    sampled = [c for c in df.columns if c.startswith("param_") and c not in ("param_mixer", "param_ffn")]
+    cols = ("trial", "state", "mixer", "ffn") + (("sampled",) if sampled else ()) + (
+        "params (M)", "GMACs", "top-1", "img/s", "note")
+    for col in cols:
         t.add_column(col, justify="right" if col in ("trial", "params (M)", "GMACs", "top-1", "img/s") else "left")
     for _, r in df.iterrows():
         text = lambda v, empty="—": empty if v is None or v != v else str(v)  # noqa: E731 - None/NaN: nothing
+        config = (" ".join(f"{c.removeprefix('param_')}={_value(r[c])}" for c in sampled if r[c] is not None
+                           and r[c] == r[c]),) if sampled else ()
         t.add_row(("★ " if r.get("pareto") else "") + str(r["trial"]), r["state"], text(r["mixer"]), text(r["ffn"]),
-                  _fmt(None if r["params"] is None or r["params"] != r["params"] else r["params"] / 1e6, 3),
+                  *config, _fmt(None if r["params"] is None or r["params"] != r["params"] else r["params"] / 1e6, 3),
                   _fmt(r["gmacs"], 4), _fmt(r["top1"], 2), _fmt(r["throughput"], 0), text(r["reason"], ""))
     _console().print(t)
+
+
+def _value(v) -> str:
+    """A sampled value as a person writes it: 2.0 → 2, 0.0833333 → 0.08333."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _load_study(args):
