@@ -114,13 +114,14 @@ def _print_trials(df, name: str) -> None:
         "params (M)", "GMACs", "top-1", "img/s", "note")
     for col in cols:
         t.add_column(col, justify="right" if col in ("trial", "params (M)", "GMACs", "top-1", "img/s") else "left")
+    missing = lambda v: v is None or v != v  # noqa: E731 - None or NaN: nothing recorded
+    text = lambda v, empty="—": empty if missing(v) else str(v)  # noqa: E731
     for _, r in df.iterrows():
-        text = lambda v, empty="—": empty if v is None or v != v else str(v)  # noqa: E731 - None/NaN: nothing
-        config = (" ".join(f"{c.removeprefix('param_')}={_value(r[c])}" for c in sampled if r[c] is not None
-                           and r[c] == r[c]),) if sampled else ()
-        t.add_row(("★ " if r.get("pareto") else "") + str(r["trial"]), r["state"], text(r["mixer"]), text(r["ffn"]),
-                  *config, _fmt(None if r["params"] is None or r["params"] != r["params"] else r["params"] / 1e6, 3),
-                  _fmt(r["gmacs"], 4), _fmt(r["top1"], 2), _fmt(r["throughput"], 0), text(r["reason"], ""))
+        row = [("★ " if r.get("pareto") else "") + str(r["trial"]), r["state"], text(r["mixer"]), text(r["ffn"])]
+        if sampled:
+            row.append(" ".join(f"{c.removeprefix('param_')}={_value(r[c])}" for c in sampled if not missing(r[c])))
+        t.add_row(*row, _fmt(None if missing(r["params"]) else r["params"] / 1e6, 3), _fmt(r["gmacs"], 4),
+                  _fmt(r["top1"], 2), _fmt(r["throughput"], 0), text(r["reason"], ""))
     _console().print(t)
 
 

@@ -261,7 +261,7 @@ def partial_shift(x: torch.Tensor, g: int, *, reverse: bool = False) -> torch.Te
     """ShiftViT's shift of ``g`` channels per direction: (B, C, H, W) → (B, C, H, W), in the
     input's memory format (contiguous or channels-last). ``reverse`` shifts the other way
     (right, left, down, up: the gradient of the shift)."""
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         return _shift_sliced(x, g, reverse)  # plain slices: the compiler fuses them, autograd included
     if x.requires_grad and torch.is_grad_enabled() and not _is_tracing():
         return _ShiftFunction.apply(x, g, reverse)
