@@ -67,6 +67,31 @@ def test_console_script_entry_point_runs():
     assert json.loads(proc.stdout.strip().splitlines()[-1])["output_shape"] == [2, 1000]
 
 
+@pytest.mark.parametrize("flag, registry", [("--mixer", "MIXERS"), ("--ffn", "FFNS"), ("--macro", "MACROS")])
+def test_help_lists_every_registered_part(capsys, flag, registry):
+    """A part added by one file shows in the model flags' help, which reads the registries
+    (`pool` was missing from a hand-written list)."""
+    import archbench.registry
+    from archbench.grammar import load_parts
+
+    load_parts()
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    line = out[out.rindex(f"{flag} {flag[2:].upper()}"):]  # the entry, not the usage line
+    line = line[:line.index(" --", 3)]
+    names = getattr(archbench.registry, registry).names()
+    assert len(names) >= 2 and all(name in line for name in names), (names, line)
+
+
+def test_check_table_title_is_one_line(capsys):
+    """The title sits above the two-column table, not inside it (rich wrapped it to the
+    narrow columns' width: "archbench check: one forward + backward pass / on random input")."""
+    code, out, _ = run(capsys, "check", "--mixer", "none", "--img-size", "32", "--dims", "16", "--depths", "1")
+    assert code == 0
+    assert "archbench check: one forward + backward pass on random input" in out.splitlines()
+
+
 def test_models_lists_the_zoo(capsys):
     code, out, _ = run(capsys, "models", "volo_*", "--json")
     rows = json.loads(out)

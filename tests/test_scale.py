@@ -140,7 +140,8 @@ def test_foreign_checkpoint_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main([*base[:-2], "--lr", "1e-3", "--checkpoint-dir", ckpt]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "belongs to another run (its recipe differs)" in err
+    # the field that differs, down to the leaf, and both values
+    assert len(err.splitlines()) == 1 and "belongs to another run (recipe.lr: " in err and "0.001 in this run)" in err
 
 
 def _torchrun(*args, nproc=2):

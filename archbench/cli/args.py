@@ -10,6 +10,7 @@ from typing import Any, Callable
 import yaml
 
 from archbench.errors import UsageError
+from archbench.registry import FFNS, MACROS, MIXERS
 from archbench.results import check_writable
 
 def _value(text: str) -> Any:
@@ -117,9 +118,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (a zoo name, a spec file, or the spec flags)")
     g.add_argument("--model", help="a published model from the zoo (see `archbench models`)")
     g.add_argument("--spec", type=Path, help="a spec file (YAML or JSON) as printed by `archbench spec`")
-    g.add_argument("--macro", help="isotropic | pyramid | two-branch | two-stage (default: the mixer's home)")
-    g.add_argument("--mixer", type=_names, help="token mixer, or one per stage: msa, shift, outlook, cross-attn, dmixer, none")
-    g.add_argument("--ffn", type=_names, help="FFN, or one per stage: mlp, msffn")
+    from archbench.grammar import load_parts
+
+    load_parts()  # the names from the registries, so a part added by one file is listed here too
+    g.add_argument("--macro", help=f"{' | '.join(MACROS.names())} (default: the mixer's home)")
+    g.add_argument("--mixer", type=_names, help=f"token mixer, or one per stage: {', '.join(MIXERS.names())}")
+    g.add_argument("--ffn", type=_names, help=f"FFN, or one per stage: {', '.join(FFNS.names())}")
     g.add_argument("--depths", type=_ints("--depths"), help="blocks per stage, e.g. 2,2,6,2")
     g.add_argument("--dims", type=_ints("--dims"), help="width per stage, e.g. 96,192,384,768")
     g.add_argument("--heads", type=_ints("--heads"), help="attention heads per stage")

@@ -16,6 +16,21 @@ def _console():
     return console
 
 
+def print_key_values(title: str, rows, note: str | None = None) -> None:
+    """A two-column table of (label, value) rows, its title on a line above it and ``note`` below:
+    rich would wrap a title or caption to the narrow table's width."""
+    from rich.table import Table
+
+    t = Table(show_header=False)
+    for label, value in rows:
+        t.add_row(label, value)
+    console = _console()
+    console.print(title, style="bold", highlight=False)
+    console.print(t)
+    if note:
+        console.print(note, highlight=False)
+
+
 def _fmt(v, digits=3):
     if v is None or (isinstance(v, float) and v != v):
         return "—"

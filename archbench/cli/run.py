@@ -6,7 +6,7 @@ import sys
 
 from archbench.cli.args import (_count, _device, add_model_args, add_train_args, data_into_args,
                                 inputs_from_args, recipe_from_args, spec_from_args)
-from archbench.cli.console import _console, _fmt, training_progress
+from archbench.cli.console import _console, _fmt, print_key_values, training_progress
 from archbench.errors import UsageError
 from archbench.results import check_table, check_writable, table_path, table_stem
 
@@ -28,7 +28,6 @@ def add_parser(sub, default_device: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from rich.table import Table
 
     from archbench.measure.memory import check_fits
     from archbench.results import save_rows
@@ -90,15 +89,12 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(row, default=str))
         return 0 if row["status"] == "ok" else 1
-    t = Table(title=f"archbench run — {row['name']} on {row['dataset']} ({row['device']})", show_header=False)
-    for key, label in (("status", "status"), ("params", "params"), ("gmacs_fvcore", "GMACs (fvcore)"),
-                       ("top1", "top-1 %"), ("top5", "top-5 %"), ("throughput", "eval img/s"),
-                       ("train_throughput", "train img/s"), ("train_seconds", "train seconds"),
-                       ("wall_seconds", "wall seconds")):
-        t.add_row(label, _fmt(row.get(key), 4 if key == "gmacs_fvcore" else 2))
+    rows = [(label, _fmt(row.get(key), 4 if key == "gmacs_fvcore" else 2)) for key, label in (
+        ("status", "status"), ("params", "params"), ("gmacs_fvcore", "GMACs (fvcore)"), ("top1", "top-1 %"),
+        ("top5", "top-5 %"), ("throughput", "eval img/s"), ("train_throughput", "train img/s"),
+        ("train_seconds", "train seconds"), ("wall_seconds", "wall seconds"))]
     if row["error"]:
-        t.add_row("error", row["error"])
-    if out is not None:
-        t.caption = f"row appended to {table_path(out)} / .csv"
-    _console().print(t)
+        rows.append(("error", row["error"]))
+    print_key_values(f"archbench run — {row['name']} on {row['dataset']} ({row['device']})", rows,
+                     f"row appended to {table_path(out)} / .csv" if out is not None else None)
     return 0 if row["status"] == "ok" else 1

@@ -5,7 +5,7 @@ import json
 import time
 
 from archbench.cli.args import _count, add_model_args, spec_from_args
-from archbench.cli.console import _console
+from archbench.cli.console import print_key_values
 
 
 def add_parser(sub, default_device: str) -> None:
@@ -30,7 +30,6 @@ def cmd_spec(args) -> int:
 
 def cmd_check(args) -> int:
     import torch
-    from rich.table import Table
 
     from archbench.builder import build_model
     from archbench.measure.memory import check_fits
@@ -56,8 +55,7 @@ def cmd_check(args) -> int:
     if args.json:
         print(json.dumps(row))
     else:
-        t = Table(title="archbench check: one forward + backward pass on random input", show_header=False)
-        for k, v in row.items():
-            t.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
-        _console().print(t)
+        print_key_values("archbench check: one forward + backward pass on random input",
+                         [(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+                          for k, v in row.items()])
     return 0 if row["finite"] else 1

@@ -37,9 +37,10 @@ class Checkpointer:
     def _check_identity(self, found: dict[str, Any], what: str) -> None:
         if found == self.identity:
             return
-        keys = sorted(k for k in set(found) | set(self.identity) if found.get(k) != self.identity.get(k))
-        raise UsageError(f"{what} in {str(self.folder)!r} belongs to another run (its {', '.join(keys)} "
-                         f"differ{'s' if len(keys) == 1 else ''}); use another --checkpoint-dir or remove it")
+        changes = _differences(found, self.identity)
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise UsageError(f"{what} in {str(self.folder)!r} belongs to another run ({shown}); "
+                         "use another --checkpoint-dir or remove it")
 
     def finished_row(self) -> dict[str, Any] | None:
         """The row of this run if it has finished here already."""
@@ -67,6 +68,26 @@ class Checkpointer:
         tmp = self.row_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"identity": self.identity, "row": row}, default=str))
         os.replace(tmp, self.row_path)
+
+
+def _differences(found: Any, wanted: Any, path: str = "") -> list[str]:
+    """Where two identities differ, as ``path: saved → this run's`` (``recipe.epochs: 2 → 3``),
+    down to the leaves, so a refused folder says what to change rather than only "recipe"."""
+    if isinstance(found, dict) and isinstance(wanted, dict):
+        out = []
+        for key in sorted(set(found) | set(wanted), key=str):
+            if found.get(key) != wanted.get(key):
+                out += _differences(found.get(key), wanted.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    if (isinstance(found, list) and isinstance(wanted, list) and len(found) == len(wanted)
+            and all(isinstance(v, dict) for v in found + wanted)):  # e.g. the spec's stages
+        return [d for i, (a, b) in enumerate(zip(found, wanted)) for d in _differences(a, b, f"{path}[{i}]")]
+
+    def short(v: Any) -> str:
+        text = json.dumps(v) if v is not None else "none"
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    return [f"{path}: {short(found)} here, {short(wanted)} in this run"]
 
 
 def rng_state(gen: torch.Generator | None) -> dict[str, Any]:
