@@ -207,3 +207,42 @@ def test_augmentation_draws_are_seeded_per_sample():
     assert same(draws(0, workers=0)[0], a0)  # the worker count does not change a sample's draws
     assert same(draws(0, start_epoch=1)[0], a1)  # a run resumed at epoch 1 draws what it would have drawn
     assert len({tuple(r.tolist()) for r in a0.values()}) == 8  # every sample its own stream
+
+
+@pytest.mark.parametrize("img_size, crop_pct", [(32, 0.875), (224, 0.875), (224, 0.9), (160, 0.95), (384, 1.0)])
+def test_cache_side_is_timms_eval_resize(img_size, crop_pct):
+    """The memory cache holds images at the side timm's eval transform resizes to (the reference:
+    its Resize in create_transform(is_training=False)), so evaluating from the cache resamples
+    once, as from disk; ceil(img / crop_pct) gave 37 for 32 px and 249 for 224 at 0.9."""
+    from timm.data import create_transform
+    from torchvision.transforms import Resize
+
+    from archbench.train.inputs import decode_size
+    from archbench.train.recipe import Recipe
+
+    timm_eval = create_transform((img_size, img_size), is_training=False, crop_pct=crop_pct)
+    resize = next(t for t in timm_eval.transforms if isinstance(t, Resize))
+    assert decode_size(Recipe(transform="timm", crop_pct=crop_pct), (img_size, img_size)) == resize.size
+
+
+def test_timm_transform_normalises_alike_in_memory_and_streaming(tmp_path):
+    """With the papers' (timm) transform the model sees ImageNet's mean and std whether the folder
+    is held in memory or streamed: --cache is a speed setting, not part of the recipe (the
+    memory path used the decoded split's own statistics, a model `archbench eval` misread)."""
+    from archbench.train.data import load_imagefolder
+    from archbench.train.inputs import IMAGENET_MEAN, IMAGENET_STD, Inputs, make_batches
+    from archbench.train.recipe import Recipe
+
+    make_folder(tmp_path / "train", per_class=4)
+    make_folder(tmp_path / "val", per_class=2)
+    data = load_imagefolder(str(tmp_path))
+    recipe = Recipe(transform="timm", batch_size=4, augment=False)
+    seen = {}
+    for cache in ("memory", "disk"):
+        batches, chosen = make_batches(data, (16, 16), recipe, Inputs(cache=cache, workers=0), seed=0,
+                                       device=torch.device("cpu"))
+        assert chosen["cache"] == cache and (chosen["mean"], chosen["std"]) == (IMAGENET_MEAN, IMAGENET_STD)
+        seen[cache] = torch.cat([x for x, *_ in batches.eval_batches()])
+    # the same pixels too, up to the cache's own resampling (JPEG draft decoding, uint8): one
+    # solid colour per class, so the two paths agree closely
+    assert torch.allclose(seen["memory"], seen["disk"], atol=0.05)

@@ -127,6 +127,51 @@ def test_eval_uses_the_models_preprocessing(capsys, tmp_path):
     assert code == 0 and row["images"] == 8 and 0 <= row["top1"] <= 100
 
 
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_eval_of_a_runs_checkpoint_gives_the_runs_top1(capsys, tmp_path, cache):
+    """`archbench eval --pretrained CHECKPOINT_DIR` rebuilds the run's model from the spec stored
+    there and evaluates it with the run's eval transform: the run's own top-1 / top-5 (and the
+    EMA's with --ema), whether the run held the folder in memory or streamed it. (Before, the
+    checkpoint could not be read weights-only, and only zoo models could be evaluated.)"""
+    _folder(tmp_path / "data", [f"c{i}" for i in range(6)], n=4, size=(40, 48))
+    ck = tmp_path / "ck"
+    code = main(["run", "--mixer", "shift", "--ffn", "mlp", "--dims", "16", "--depths", "1", "--img-size", "16",
+                 "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--recipe", "deit", "--epochs", "2",
+                 "--batch-size", "8", "--ema", "0.5", "--cache", cache, "--workers", "0", "--checkpoint-dir", str(ck),
+                 "--out", "", "--json"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and row["inputs"]["cache"] == cache
+    for extra, key in (([], "top1"), (["--ema"], "ema_top1")):
+        code = main(["eval", "--pretrained", str(ck), "--data-dir", str(tmp_path / "data" / "val"), "--workers", "0",
+                     "--json", *extra])
+        got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert code == 0 and got["images"] == 24 and got["top1"] == pytest.approx(row[key])
+    assert got["top5"] == pytest.approx(row["ema_top5"])
+    assert main(["eval", "--pretrained", str(ck), "--model", "deit_tiny", "--data-dir", str(tmp_path)]) == 2
+    assert "carries its model: leave out --model" in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_python_objects_is_one_line_naming_them(capsys, tmp_path):
+    """weights_only loading refuses pickled objects: the line names them, not torch's
+    multi-line advice with terminal escape codes."""
+    torch.save({"model": {"w": torch.zeros(1)}, "extra": np.zeros(3)}, tmp_path / "w.pth")
+    assert main(["eval", "--model", "deit_tiny", "--pretrained", str(tmp_path / "w.pth"),
+                 "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "\x1b" not in err and "numpy" in err and "holds Python objects" in err
+
+
+def test_eval_refuses_a_small_recipe_run(capsys, tmp_path):
+    """The small recipe's evaluation (a plain resize, the data's own statistics) is not the timm
+    eval transform `archbench eval` applies: refused in one line rather than misread."""
+    ck = tmp_path / "ck"
+    assert main(["run", *TINY, "--epochs", "1", "--batch-size", "256", "--out", "", "--checkpoint-dir", str(ck)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--pretrained", str(ck / "last.pt"), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trained with the tensor transform (the small recipe)" in err
+
+
 def test_augment_crop_and_flip_against_the_written_out_rule():
     # pad p = max(1, round(4·min(H, W)/32)) = 1 at 4x4; offsets (dy, dx) pick the window
     # xp[dy:dy+H, dx:dx+W] of the zero-padded image; the flip mirrors that window left-right

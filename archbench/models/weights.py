@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import pickle
 import re
 from pathlib import Path
 from typing import Callable
@@ -36,6 +37,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             # training scripts (timm's, DeiT's, SPACH's) save their argparse Namespace alongside
             with torch.serialization.safe_globals([argparse.Namespace]):
                 sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # weights_only refused a Python object: name them rather than echo torch's long advice
+            raise UsageError(f"cannot read checkpoint {str(path)!r}: it holds Python objects besides tensors "
+                             f"({_unsafe_globals(path)}), and archbench loads weights only; save the model's "
+                             "state_dict() on its own") from None
         except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UsageError(f"cannot read checkpoint {str(path)!r}: {first}") from None
@@ -46,6 +52,14 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UsageError(f"{str(path)!r} is not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _unsafe_globals(path: Path) -> str:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - only for the message
+        return "objects torch could not name"
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 def _rename(sd: dict, rules: list) -> Converted:

@@ -92,16 +92,59 @@ def _differences(found: Any, wanted: Any, path: str = "") -> list[str]:
 
 def rng_state(gen: torch.Generator | None) -> dict[str, Any]:
     """Every random state a run draws from (python, numpy, torch CPU and CUDA, the loop's generator)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # numpy's key array as a tensor: a checkpoint of tensors and plain types loads with
+    # torch.load(weights_only=True), so `archbench eval --pretrained last.pt` reads it
+    return {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "gen": gen.get_state() if gen is not None else None}
 
 
 def set_rng_state(state: dict[str, Any], gen: torch.Generator | None) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]  # keys: a tensor, or an ndarray in checkpoints before 2026-12-06
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if gen is not None and state["gen"] is not None:
         gen.set_state(state["gen"])
+
+
+def run_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """A run's saved state (``last.pt``, or a --checkpoint-dir holding one), read with
+    ``weights_only=True``; None where ``path`` is another kind of file (a published checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file() or path.suffix == ".safetensors":
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not ours (or ours from before 2026-12-06): read_checkpoint says why
+        return None
+    ok = isinstance(state, dict) and isinstance(state.get("identity"), dict) and "spec" in state["identity"]
+    return state if ok else None
+
+
+def model_from_run(state: dict[str, Any], *, ema: bool = False):
+    """The model a run's checkpoint (:func:`run_checkpoint`) holds: its spec built and its weights
+    (``ema``: the EMA's) loaded, with the run's own eval preprocessing in ``pretrained_cfg``
+    (the recipe's crop and interpolation, ImageNet's mean and std, as the run streamed them)."""
+    from archbench.builder import build_model
+    from archbench.spec import ArchSpec
+
+    ident = state["identity"]
+    recipe = ident.get("recipe") or {}
+    if recipe.get("transform", "tensor") != "timm":
+        raise UsageError("this run was trained with the tensor transform (the small recipe), whose evaluation "
+                         "is `archbench run`'s own (a plain resize, the data's statistics); `archbench eval` "
+                         "applies the timm eval transform of the deit and shiftvit recipes")
+    if ema and not state.get("ema"):
+        raise UsageError("--ema: this run kept no EMA of its weights (train with --ema DECAY)")
+    weights = state["model"] if not ema else {k.removeprefix("module."): v for k, v in state["ema"].items()}
+    model = build_model(ArchSpec.from_dict(ident["spec"]))
+    model.load_state_dict(weights)
+    model.pretrained_cfg.update(crop_pct=recipe["crop_pct"], interpolation=recipe["interpolation"])
+    return model

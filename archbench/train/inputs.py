@@ -70,9 +70,10 @@ def transforms(recipe: Recipe, img_size: tuple[int, int], mean, std) -> tuple[Ca
 
 def decode_size(recipe: Recipe, img_size: tuple[int, int]) -> int:
     """The side images are cached at: the model's for the tensor transform; for the timm one
-    the eval resize (img / crop_pct, 256 for 224), so random crops keep a margin."""
+    the eval resize, floor(img / crop_pct) as timm's eval transform has it (256 for 224, 36 for
+    32), so random crops keep a margin and the eval transform's resize is the identity."""
     side = max(img_size)
-    return side if recipe.transform != "timm" else math.ceil(side / recipe.crop_pct)
+    return side if recipe.transform != "timm" else math.floor(side / recipe.crop_pct)
 
 
 def make_batches(data: Dataset | Folder, img_size: tuple[int, int], recipe: Recipe, inputs: Inputs, *,
@@ -89,13 +90,17 @@ def make_batches(data: Dataset | Folder, img_size: tuple[int, int], recipe: Reci
     kw = dict(batch_size=recipe.batch_size, eval_batch_size=recipe.eval_batch_size, device=device, ctx=ctx)
     bad = BadImages() if bad is None else bad
     chosen = {"cache": "memory", "transform": recipe.transform}
-    if isinstance(data, Folder):
+    folder = isinstance(data, Folder)
+    if folder:
         size = decode_size(recipe, img_size)
         where, why = choose_cache(inputs.cache, data.n_train, data.in_chans, size, inputs.cache_gb)
         say(why)
         chosen["cache"] = where
         if where == "disk":
             mean, std = IMAGENET_MEAN[:data.in_chans], IMAGENET_STD[:data.in_chans]
+            if recipe.transform != "timm":  # the memory path normalises by the decoded train split's own
+                say("note: streaming with the tensor transform normalises by ImageNet's mean and std, not by "
+                    "the train split's own as in memory (--cache memory for those)")
             tr, te = transforms(recipe, img_size, mean, std)
             chosen.update(mean=mean, std=std)
             return LoaderBatches(FileImages(data.train_files, tr, data.mode), FileImages(data.test_files, te, data.mode),
@@ -109,8 +114,11 @@ def make_batches(data: Dataset | Folder, img_size: tuple[int, int], recipe: Reci
             splits.append(Split(x, y))
         data = _finish(data.name, splits[0], splits[1], data.classes, data.flip)
     if recipe.transform == "timm":
-        tr, te = transforms(recipe, img_size, data.mean, data.std)
-        chosen.update(mean=data.mean, std=data.std)
+        # ImageNet's statistics, as when streaming (and as DeiT's and timm's recipes): the memory
+        # budget (--cache) must not change what the model sees, and `archbench eval` reads them too
+        mean, std = (IMAGENET_MEAN[:data.in_chans], IMAGENET_STD[:data.in_chans]) if folder else (data.mean, data.std)
+        tr, te = transforms(recipe, img_size, mean, std)
+        chosen.update(mean=mean, std=std)
         return LoaderBatches(DecodedImages(data.train.x, data.train.y, tr), DecodedImages(data.test.x, data.test.y, te),
                              workers=inputs.workers, seed=seed, bad=bad, **kw), chosen
     chosen.update(mean=data.mean, std=data.std)
