@@ -34,6 +34,16 @@ def test_same_seed_same_top1():
     assert a["top1"] == b["top1"] and a["history"][0]["loss"] == b["history"][0]["loss"]
 
 
+def test_a_batch_larger_than_the_set_is_said():
+    """In memory a batch larger than the training set trains on one short batch an epoch (a
+    streamed run refuses it): said in a note, not silently."""
+    spec = make_spec(mixer="shift", ffn="mlp", dims=16, depths=1, img_size=8, in_chans=1, num_classes=10)
+    lines = []
+    row = run_experiment(spec, recipe=Recipe(epochs=1, batch_size=64), limit_train=40, say=lines.append)
+    assert row["status"] == "ok" and len(row["history"]) == 1
+    assert "note: 40 training images, fewer than --batch-size 64: each epoch is one step on a batch of 40" in lines
+
+
 def test_run_cli_writes_a_row(capsys, tmp_path):
     out = tmp_path / "runs"
     code = main(["run", *TINY, "--epochs", "2", "--batch-size", "128", "--json", "--out", str(out)])

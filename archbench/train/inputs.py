@@ -122,5 +122,9 @@ def make_batches(data: Dataset | Folder, img_size: tuple[int, int], recipe: Reci
         return LoaderBatches(DecodedImages(data.train.x, data.train.y, tr), DecodedImages(data.test.x, data.test.y, te),
                              workers=inputs.workers, seed=seed, bad=bad, **kw), chosen
     chosen.update(mean=data.mean, std=data.std)
+    n = len(data.train.y)
+    if recipe.batch_size > n:  # streamed, this is refused (drop_last leaves no batch); here it trains on
+        say(f"note: {n} training images, fewer than --batch-size {recipe.batch_size}: each epoch is one step "
+            f"on a batch of {n}")
     return MemoryBatches(data.resized(img_size), augment=recipe.augment, **kw), chosen
 
