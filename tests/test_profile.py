@@ -60,3 +60,19 @@ def test_results_table_appends_and_keeps_both_formats(tmp_path):
     csv = pd.read_csv(stem.with_suffix(".csv"))
     assert list(csv["a"]) == [1, 2] and json.loads(csv.loc[1, "skipped"]) == {"op": 1}
     assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_training_peak_memory_holds_the_gradients():
+    """profile's memory columns: the training steps' peak is measured over those steps (before,
+    only inference was, under a bare "peak MB"), so it holds at least the gradients — an
+    analytic lower bound, 4 bytes per parameter in fp32 — which inference never allocates."""
+    import torch
+
+    from archbench.measure.speed import measure_speed
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 2048), torch.nn.GELU(), torch.nn.Linear(2048, 1024))
+    grads_mb = sum(p.numel() for p in model.parameters()) * 4 / 2 ** 20  # 16 MB
+    res = measure_speed(model, (1024,), batch_size=4, warmup=1, repeats=3)
+    assert res.train_peak_mem_mb >= grads_mb
+    assert res.peak_mem_mb < grads_mb  # inference: activations of a batch of 4 only

@@ -74,18 +74,20 @@ def cmd_profile(args) -> int:
         return 0
     setting = "sizes and FLOPs only" if args.no_speed else f"{args.dtype}, batch {args.batch_size}"
     t = Table(title=f"archbench profile — {rows[0]['device']}, {setting}",
-              caption=f"GMACs: multiply-adds per image, attention counted. Rows appended to {table_path(out)}/.csv"
+              caption=f"GMACs: multiply-adds per image, attention counted; MB: peak memory of inference at the batch "
+              f"and of the training steps (CUDA: allocated; CPU: resident-set growth). Rows appended to "
+              f"{table_path(out)}/.csv"
               if out is not None else None)
     cols = [("name", "name"), ("params", "params (M)"), ("gmacs_fvcore", "GMACs fvcore"),
             ("gmacs_ptflops", "GMACs ptflops"), ("gmacs_token_mixer", "mixer GMACs"), ("gmacs_ffn", "FFN GMACs"),
             ("throughput", "img/s"), ("latency_ms", "latency ms"), ("train_throughput", "train img/s"),
-            ("peak_mem_mb", "peak MB")]
+            ("peak_mem_mb", "infer MB"), ("train_peak_mem_mb", "train MB")]
     for _, label in cols:
         t.add_column(label, justify="left" if label == "name" else "right")
     for r in rows:
-        t.add_row(*[_fmt(r[k] / 1e6 if k == "params" else r[k], 1 if k in ("throughput", "train_throughput",
-                                                                          "latency_ms", "peak_mem_mb") else 3)
-                    for k, _ in cols])
+        t.add_row(*[_fmt(r.get(k) / 1e6 if k == "params" else r.get(k),
+                         1 if k in ("throughput", "train_throughput", "latency_ms", "peak_mem_mb", "train_peak_mem_mb")
+                         else 3) for k, _ in cols])
         for backend in ("fvcore", "ptflops"):
             if r.get(f"{backend}_error"):
                 t.caption = (t.caption or "") + f"\n{r['name']}: {backend} failed: {r[backend + '_error']}"

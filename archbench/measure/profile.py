@@ -40,7 +40,8 @@ def profile_model(model: nn.Module, *, name: str | None = None, speed: bool = Tr
             row[f"gmacs_{backend}"] = None
             row[f"{backend}_skipped"] = None
             row[f"{backend}_error"] = f"{type(e).__name__}: {e}"[:500]
-    speed_fields = ("throughput", "latency_ms", "latency_p90_ms", "train_throughput", "peak_mem_mb")
+    speed_fields = ("throughput", "latency_ms", "latency_p90_ms", "train_throughput", "peak_mem_mb",
+                    "train_peak_mem_mb")
     if speed:
         res = measure_speed(model, input_size, batch_size=batch_size, device=device, dtype=dtype,
                             channels_last=channels_last, compile=compile, threads=threads, repeats=repeats,

@@ -19,7 +19,6 @@ caught.
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import math
 import re
@@ -169,41 +168,6 @@ def candidates(base: ArchSpec, sizes: Sequence[int], *, mixers: Sequence[str] | 
 
 # --------------------------------------------------------------------------- measuring
 
-def _release_heap() -> None:
-    """Hand the C heap's free pages back to the system, so the next RSS baseline is honest."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: growth may then read low after a larger cell
-        pass
-
-
-class _Peak:
-    """Peak memory of the block in MB: CUDA max allocated, or CPU resident-set growth."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.mb = device, float("nan")
-
-    def __enter__(self):
-        from archbench.measure.speed import PeakRSS
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            _release_heap()
-            self.rss = PeakRSS().__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
-        else:
-            self.rss.__exit__(*exc)
-            self.mb = (self.rss.peak - self.rss.baseline) / 2 ** 20
-
-
 def measure_cell(model: torch.nn.Module, input_size: tuple[int, int, int], *, batch_size: int, repeats: int,
                  device: torch.device, warmup: int = 2) -> dict[str, float]:
     """Inference throughput and peak memory at ``batch_size``, batch-1 latency (median and p90),
@@ -211,7 +175,7 @@ def measure_cell(model: torch.nn.Module, input_size: tuple[int, int, int], *, ba
     any head, none included — backward, AdamW step, zero_grad),
     each over ``repeats`` timed calls after ``warmup`` untimed ones, synchronised. The model's
     weights are updated by the training steps: give it a throwaway model."""
-    from archbench.measure.speed import time_calls
+    from archbench.measure.speed import PeakMemory, time_calls
 
     model = model.to(device)
     gen = torch.Generator().manual_seed(0)
@@ -219,7 +183,7 @@ def measure_cell(model: torch.nn.Module, input_size: tuple[int, int, int], *, ba
     x1 = torch.randn(1, *input_size, generator=gen).to(device)
     model.eval()
     with torch.inference_mode():
-        with _Peak(device) as infer_peak:
+        with PeakMemory(device) as infer_peak:
             t = time_calls(lambda: model(x), device, warmup, repeats)
         lat = sorted(time_calls(lambda: model(x1), device, warmup, max(2 * repeats, 5)))
     model.train()
@@ -231,7 +195,7 @@ def measure_cell(model: torch.nn.Module, input_size: tuple[int, int, int], *, ba
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    with _Peak(device) as train_peak:  # from a fresh optimizer: its state is part of the peak
+    with PeakMemory(device) as train_peak:  # from a fresh optimizer: its state is part of the peak
         tt = time_calls(step, device, warmup, repeats)
     model.eval()
     train_s = statistics.median(tt)

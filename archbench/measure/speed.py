@@ -9,6 +9,7 @@ actually used is returned.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import statistics
 import threading
 import time
@@ -28,7 +29,8 @@ class SpeedResult:
     latency_ms: float  # median, batch 1
     latency_p90_ms: float
     train_throughput: float | None  # images/s, forward + backward + optimizer step
-    peak_mem_mb: float  # CUDA max allocated, or CPU resident-set growth
+    peak_mem_mb: float  # inference at the batch: CUDA max allocated, or CPU resident-set growth
+    train_peak_mem_mb: float | None  # the same over the training steps (None without them)
     batch_size: int  # the batch actually used (after any OOM retry)
     device: str
     dtype: str
@@ -80,6 +82,39 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, _rss_bytes())
+
+
+def _release_heap() -> None:
+    """Hand the C heap's free pages back to the system, so the next RSS baseline is honest."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: growth may then read low after a larger cell
+        pass
+
+
+class PeakMemory:
+    """Peak memory of the block in MB (``.mb``): CUDA max allocated, or CPU resident-set growth."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb = device, float("nan")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            _release_heap()
+            self.rss = PeakRSS().__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        else:
+            self.rss.__exit__(*exc)
+            self.mb = (self.rss.peak - self.rss.baseline) / 2 ** 20
 
 
 def _sync(device: torch.device) -> None:
@@ -141,14 +176,12 @@ def _measure(model, input_size, batch_size, device, dtype, channels_last, compil
         return torch.randn(n, *input_size, device=device).contiguous(memory_format=fmt)
 
     x, x1 = batch(batch_size), batch(1)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     model.eval()
-    with PeakRSS() as rss, torch.inference_mode(), autocast:
-        t = time_calls(lambda: run(x), device, warmup, repeats)
+    with torch.inference_mode(), autocast:
+        with PeakMemory(device) as peak:  # at the batch; batch-1 latency after, outside it
+            t = time_calls(lambda: run(x), device, warmup, repeats)
         lat = time_calls(lambda: run(x1), device, warmup, max(repeats * 2, 10))
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak - rss.baseline) / 2 ** 20
-    train_tp = None
+    train_tp = train_peak = None
     if train:
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-6)
@@ -160,13 +193,15 @@ def _measure(model, input_size, batch_size, device, dtype, channels_last, compil
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        tt = time_calls(step, device, max(1, warmup // 2), max(3, repeats // 2))
-        train_tp = batch_size / statistics.median(tt)
+        with PeakMemory(device) as train_mem:  # weights' gradients and the step's activations
+            tt = time_calls(step, device, max(1, warmup // 2), max(3, repeats // 2))
+        train_tp, train_peak = batch_size / statistics.median(tt), train_mem.mb
         model.eval()
     lat_sorted = sorted(lat)
     p90 = lat_sorted[min(len(lat_sorted) - 1, int(round(0.9 * (len(lat_sorted) - 1))))]
     return SpeedResult(
         throughput=batch_size / statistics.median(t), latency_ms=1e3 * statistics.median(lat),
-        latency_p90_ms=1e3 * p90, train_throughput=train_tp, peak_mem_mb=peak, batch_size=batch_size,
+        latency_p90_ms=1e3 * p90, train_throughput=train_tp, peak_mem_mb=peak.mb,
+        train_peak_mem_mb=train_peak, batch_size=batch_size,
         device=device_name(device), dtype=dtype, threads=torch.get_num_threads(),
         channels_last=channels_last, compile=compile)
