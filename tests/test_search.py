@@ -85,7 +85,7 @@ def test_constraint_violating_specs_are_never_trained(tmp_path, capsys):
 def test_plot_holds_the_trained_trials(tmp_path, capsys):
     assert main(["search", str(SPACES / "tiny.yaml"), "--trials", "3", "--results-dir", str(tmp_path), "--json"]) == 0
     capsys.readouterr()
-    assert main(["plot", "tiny", "--x", "params", "--y", "top1", "--results-dir", str(tmp_path)]) == 0
+    assert main(["plot", "tiny", "--x", "params", "--y", "top1", "--results-dir", str(tmp_path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     import pandas as pd
     df = pd.read_parquet(tmp_path / "tiny.parquet")
@@ -127,6 +127,8 @@ def test_plot_refuses_a_missing_overlay_and_keeps_dots_in_its_stem(tmp_path, cap
     assert "--overlay" in err and "missing" in err and len(err.strip().splitlines()) == 1
     assert main(["plot", "tiny", "--results-dir", str(tmp_path), "--out", str(tmp_path / "front.v2")]) == 0
     assert (tmp_path / "front.v2.png").exists() and (tmp_path / "front.v2.svg").exists()
+    out = capsys.readouterr().out.strip()  # without --json, one line for a person
+    assert out.startswith(f"wrote {tmp_path / 'front.v2.png'} and ") and "Pareto front: trial(s) " in out
     (tmp_path / "afile").write_text("")
     assert main(["plot", "tiny", "--results-dir", str(tmp_path), "--out", str(tmp_path / "afile" / "p")]) == 2
     assert main(["search", str(SPACES / "tiny.yaml"), "--trials", "1", "--results-dir", str(tmp_path / "afile")]) == 2

@@ -50,8 +50,7 @@ def add_parser(sub, default_device: str) -> None:
             q.add_argument("--y", default="top1")
             q.add_argument("--overlay", help="a results table (e.g. results/runs) to draw as grey crosses")
             q.add_argument("--out", help="output stem (default: results/search/STUDY_Y_vs_X)")
-        else:
-            q.add_argument("--json", action="store_true")
+        q.add_argument("--json", action="store_true")
         q.set_defaults(func=fn)
 
 
@@ -197,5 +196,9 @@ def cmd_plot(args) -> int:
     check_writable(out.parent, "--out")
     df = trials_table(_load_study(args))
     data = plot_pareto(df, args.x, args.y, out, title=f"study {args.study}: {args.y} vs {args.x}", overlay=overlay)
-    print(json.dumps({"png": data["png"], "svg": data["svg"], "points": len(data["x"]), "front": data["front"]}))
+    if args.json:
+        print(json.dumps({"png": data["png"], "svg": data["svg"], "points": len(data["x"]), "front": data["front"]}))
+    else:
+        front = ", ".join(str(t) for t in data["front"]) or "none"
+        print(f"wrote {data['png']} and {data['svg']}: {len(data['x'])} trained trials, Pareto front: trial(s) {front}")
     return 0

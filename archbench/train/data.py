@@ -212,7 +212,8 @@ _CACHE: dict[tuple, Dataset] = {}
 def load_dataset(name: str, data_dir: str | None = None, download: bool = False) -> Dataset | Folder:
     """A dataset by name, decoded once per process (later calls return the same tensors)."""
     if name not in DATASETS:
-        raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} (ImageNet, or any set saved as "
+                         "<split>/<class>/<image>: imagefolder with --data-dir)")
     key = (name, str(Path(data_dir).resolve()) if data_dir else None)
     if key not in _CACHE:
         if name == "digits":
