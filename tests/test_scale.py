@@ -202,3 +202,102 @@ def test_nproc_per_run_must_split_the_batch(capsys):
     assert main(["ablate", *TINY, "--img-size", "16", "--vary", "mixer=shift,none", "--batch-size", "63",
                  "--nproc-per-run", "2", "--dry-run"]) == 2
     assert "divisible by the world size 2" in capsys.readouterr().err
+
+
+class _Stop(Exception):
+    pass
+
+
+def _history(row):
+    return [(h["loss"], h["top1"], h["top5"], h["lr"]) for h in row["history"]]
+
+
+@pytest.mark.parametrize("kind", ["small-memory", "small-disk", "deit-loader"])
+def test_a_run_stopped_inside_an_epoch_resumes_there_exactly(tmp_path, kind):
+    """--checkpoint-every N: a run stopped after a checkpoint taken inside an epoch continues at
+    the next step with the same order, augmentation draws and epoch sums — its per-epoch loss,
+    top-1, top-5 and lr equal an uninterrupted run's, to the bit; and taking those checkpoints
+    changes nothing in an uninterrupted run either."""
+    import torch
+
+    from archbench import make_spec
+    from archbench.train.inputs import Inputs
+    from archbench.train.run import run_experiment
+
+    if kind == "small-memory":
+        spec = make_spec(mixer="shift", ffn="mlp", dims=16, depths=1, img_size=16, in_chans=1, num_classes=10)
+        kw = dict(dataset="digits", recipe=Recipe(epochs=2, batch_size=64), limit_train=448, limit_test=100)
+    else:
+        data = _folder(tmp_path / "data", n_train=24)
+        spec = make_spec(mixer="shift", ffn="mlp", dims=16, depths=1, img_size=16, num_classes=2)
+        recipe = Recipe(epochs=2, batch_size=8) if kind == "small-disk" else dataclasses.replace(
+            PRESETS["deit"], epochs=2, batch_size=8, ema_decay=0.9)
+        kw = dict(dataset="imagefolder", data_dir=str(data), recipe=recipe,
+                  inputs=Inputs(cache="disk" if kind == "small-disk" else "memory", workers=0))
+    plain = run_experiment(spec, seed=3, **kw)
+    reference = run_experiment(spec, seed=3, checkpoint_dir=str(tmp_path / "ref"), checkpoint_every=2, **kw)
+    assert _history(reference) == _history(plain)
+
+    def stop(epoch, i, loss):
+        if (epoch, i) == (1, 4):  # the second epoch's fifth step, after its checkpoint at step 3
+            raise _Stop
+
+    ck = tmp_path / "stopped"
+    with pytest.raises(_Stop):
+        run_experiment(spec, seed=3, checkpoint_dir=str(ck), checkpoint_every=2, on_step=stop, **kw)
+    state = torch.load(ck / "last.pt", weights_only=True)
+    within = state["within"]  # the last checkpoint was taken inside the second epoch, at an even step
+    assert state["step"] % 2 == 0 and 1 <= within["step"] <= 4 and within["seens"][0] > 0
+    resumed = run_experiment(spec, seed=3, checkpoint_dir=str(ck), checkpoint_every=2, **kw)
+    assert resumed["resumed_from_epoch"] == 1
+    assert _history(resumed) == _history(reference)
+    assert (resumed["top1"], resumed.get("ema_top1")) == (reference["top1"], reference.get("ema_top1"))
+
+
+def test_torchrun_killed_inside_an_epoch_resumes_there_exactly(tmp_path):
+    """Two gloo ranks with --checkpoint-every 2, the whole job killed (SIGKILL) once a checkpoint
+    taken inside an epoch exists, then the same command again: each rank continues with its own
+    epoch sums, and the per-epoch loss, top-1, top-5 and lr equal the uninterrupted job's exactly."""
+    import torch
+
+    args = [*TINY, "--img-size", "16", "--epochs", "2", "--batch-size", "64", "--device", "cpu", "--seed", "5",
+            "--checkpoint-every", "2", "--out", "", "--json"]
+    full = _torchrun(*args, "--checkpoint-dir", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-3000:]
+    reference = json.loads(full.stdout.strip().splitlines()[-1])
+    ck = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "--no-python", ARCHBENCH, "run", *args, "--checkpoint-dir", str(ck)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline, within = time.time() + 240, None
+    while within is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+        if (ck / "last.pt").exists():  # written whole, then renamed: never half a file
+            within = torch.load(ck / "last.pt", weights_only=True).get("within")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert within is not None, "the job ended before a checkpoint inside an epoch was seen"
+    assert len(within["seens"]) == 2 and all(n > 0 for n in within["seens"])  # each rank's own sums
+    resumed = _torchrun(*args, "--checkpoint-dir", str(ck))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    row = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert _history(row) == _history(reference) and row["top1"] == reference["top1"]
+
+
+def test_checkpoint_every_reaches_each_ablation_run(tmp_path, monkeypatch, capsys):
+    """ablate/study pass --checkpoint-every to every run, with the run's own checkpoint folder."""
+    import archbench.train.run as run_module
+
+    seen = []
+    real = run_module.run_experiment
+
+    def spy(*args, **kw):
+        seen.append((kw["checkpoint_dir"], kw["checkpoint_every"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(run_module, "run_experiment", spy)
+    assert main(["ablate", *TINY, "--img-size", "8", "--epochs", "1", "--limit-train", "200", "--vary",
+                 "mixer=shift,none", "--seeds", "1", "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every",
+                 "2", "--out", str(tmp_path / "abl"), "--json"]) == 0
+    assert len(seen) == 2 and all(d.startswith(str(tmp_path / "ck")) and n == 2 for d, n in seen)

@@ -44,6 +44,7 @@ class Execution:
     inputs: dict[str, Any] = field(default_factory=dict)  # archbench.train.inputs.Inputs fields
     checkpoints: str | None = None  # root folder: one sub-folder per (arm, seed)
     nproc_per_run: int = 1  # > 1: each run is a torchrun job of this many processes
+    checkpoint_every: int = 0  # also checkpoint every this many steps inside an epoch (0: epoch ends only)
 
     def checkpoint_dir(self, run_key: str, seed: int) -> str | None:
         return None if self.checkpoints is None else str(Path(self.checkpoints) / f"{run_key}-seed{seed}")

@@ -94,7 +94,7 @@ def _payload(abl: Ablation, arm: Arm, seed: int, device: str, threads: int | Non
     ex = abl.execution
     return {"spec": arm.spec.to_json(), "recipe": abl.recipe.as_dict(), "seed": seed, "dataset": abl.dataset,
             "device": device, "threads": threads, "inputs": ex.inputs,
-            "checkpoint_dir": ex.checkpoint_dir(abl.run_key(arm), seed)}
+            "checkpoint_dir": ex.checkpoint_dir(abl.run_key(arm), seed), "checkpoint_every": ex.checkpoint_every}
 
 
 def _train_one(payload: dict[str, Any]) -> dict[str, Any]:

@@ -190,6 +190,9 @@ def add_train_args(r: argparse.ArgumentParser) -> None:
     g.add_argument("--ema", type=float, metavar="DECAY", help="keep an EMA of the weights with this decay, e.g. 0.99996")
     g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     g.add_argument("--checkpoint-dir", help="save the run's state here each epoch; the same command resumes it")
+    g.add_argument("--checkpoint-every", type=_count(1), metavar="STEPS",
+                   help="with --checkpoint-dir: also save every STEPS optimiser steps inside an epoch (a kill "
+                        "then loses at most that many; resuming continues inside the epoch, exactly)")
 
 
 SHORTHAND_FLAGS = ("macro", "mixer", "ffn", "depths", "dims", "heads", "mlp_ratio", "patch_size",
@@ -310,7 +313,15 @@ def execution_from_args(args, batch_size: int):
     if args.checkpoint_dir:
         check_writable(Path(args.checkpoint_dir), "--checkpoint-dir")
     return Execution(inputs=asdict(inputs_from_args(args)), checkpoints=args.checkpoint_dir,
-                     nproc_per_run=args.nproc_per_run)
+                     nproc_per_run=args.nproc_per_run, checkpoint_every=checkpoint_every_from_args(args))
+
+
+def checkpoint_every_from_args(args) -> int:
+    """--checkpoint-every, which needs --checkpoint-dir (0 when not given)."""
+    every = getattr(args, "checkpoint_every", None)
+    if every and not args.checkpoint_dir:
+        raise UsageError(f"--checkpoint-every {every} needs --checkpoint-dir (where to save)")
+    return every or 0
 
 
 def inputs_from_args(args):

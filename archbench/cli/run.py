@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
-from archbench.cli.args import (_count, _device, add_model_args, add_train_args, data_into_args,
-                                inputs_from_args, recipe_from_args, spec_from_args)
+from archbench.cli.args import (_count, _device, add_model_args, add_train_args, checkpoint_every_from_args,
+                                data_into_args, inputs_from_args, recipe_from_args, spec_from_args)
 from archbench.cli.console import _console, _fmt, print_key_values, training_progress
 from archbench.errors import UsageError
 from archbench.results import check_table, check_writable, table_path, table_stem
@@ -44,6 +44,7 @@ def cmd_run(args) -> int:
             check_writable(args.checkpoint_dir, "--checkpoint-dir")
     recipe = recipe_from_args(args)
     inputs = inputs_from_args(args)
+    every = checkpoint_every_from_args(args)
     per_rank(recipe.batch_size, ctx)  # a bad launch fails here, before any process group is joined
     data = data_into_args(args)
     spec = spec_from_args(args)
@@ -71,6 +72,7 @@ def cmd_run(args) -> int:
                                  recipe=recipe, seed=args.seed, device=device, callback=on_epoch,
                                  on_step=on_step, name=args.model, limit_train=args.limit_train,
                                  limit_test=args.limit_test, inputs=inputs, checkpoint_dir=args.checkpoint_dir,
+                                 checkpoint_every=every,
                                  ctx=ctx, say=say)
         except RuntimeError as e:
             if not dist.lost_peer(ctx, e):

@@ -81,9 +81,12 @@ class MemoryBatches:
         if device.type == "cuda":  # the (uint8) set lives on the GPU: no host→device copy per step
             self.train_x, self.train_y = self.train_x.to(device), self.train_y.to(device)
 
-    def train_epoch(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_epoch(self, epoch: int, gen: torch.Generator, start: int = 0,
+                    resume: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's (x, y) for this rank; draws order and augmentation from ``gen`` (the same
-        draws on every rank, so all ranks agree on the order)."""
+        draws on every rank, so all ranks agree on the order). ``start``: begin at that step,
+        ``gen`` (at the epoch's start) set to ``resume`` (its state after step ``start`` - 1)
+        once the epoch's order is drawn."""
         n, B, b, r = self.n_train, self.batch_size, self.local, self.ctx.rank
         perm = torch.randperm(n, generator=gen)
         ahead = None
@@ -93,7 +96,9 @@ class MemoryBatches:
             if self.augment:
                 ahead = [t if t is None else t.to(self.device) for t in
                          draw_offsets(n, crop_pad(*self.train_x.shape[-2:]), self.data.flip, gen)]
-        for i in range(self.steps_per_epoch):  # every step has a whole global batch of B
+        if start:
+            gen.set_state(resume)
+        for i in range(start, self.steps_per_epoch):  # every step has a whole global batch of B
             mine = slice(i * B + r * b, i * B + (r + 1) * b)
             idx = perm[mine]
             xb, yb = self.train_x[idx].to(self.device), self.train_y[idx].to(self.device)
@@ -149,8 +154,15 @@ class LoaderBatches:
             if len(y):
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def train_epoch(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.train.sampler.set_epoch(epoch)
+    def train_epoch(self, epoch: int, gen: torch.Generator, start: int = 0,
+                    resume: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """As :meth:`MemoryBatches.train_epoch`; the order is the sampler's, and ``start`` skips
+        that many batches of indices without reading their images. (A batch every image of
+        which is unreadable yields no step: then ``start`` counts one step short. More than
+        10 unreadable images stop a run, so only batches of at most 10 could.)"""
+        self.train.sampler.set_epoch(epoch, skip=start * self.train.batch_size)
+        if start:
+            gen.set_state(resume)
         for xb, yb in self._batches(self.train):
             if self.tensor_augment and self.tensor_augment[0]:
                 xb = augment(xb, flip=self.tensor_augment[1], gen=gen)

@@ -1,7 +1,8 @@
 """Per-run checkpoints: everything a run needs to continue exactly where it stopped.
 
-A run's folder holds ``last.pt`` (written at each epoch end: write to a temporary file, then
-rename, so a kill never leaves half a checkpoint) and, once the run has finished, ``row.json``
+A run's folder holds ``last.pt`` (written at each epoch end, and every N steps inside one
+with ``--checkpoint-every N``: write to a temporary file, then rename, so a kill never leaves
+half a checkpoint) and, once the run has finished, ``row.json``
 (its results row: rerunning a finished run returns it without training). Each file carries
 the run's identity (spec, recipe, data, seed, numerics, world size); a folder holding another
 run's checkpoint is refused rather than mixed.
@@ -24,8 +25,9 @@ from archbench.errors import UsageError
 class Checkpointer:
     """Saves and restores one run's training state in ``folder``."""
 
-    def __init__(self, folder: str | Path, identity: dict[str, Any]):
+    def __init__(self, folder: str | Path, identity: dict[str, Any], every: int = 0):
         self.folder = Path(folder)
+        self.every = every  # also every this many optimiser steps inside an epoch (0: at epoch ends only)
         self.identity = json.loads(json.dumps(identity, sort_keys=True, default=str))  # plain JSON types
         self.state_path = self.folder / "last.pt"
         self.row_path = self.folder / "row.json"

@@ -14,6 +14,7 @@ end, a one-line error when there are too many).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import sys
@@ -241,11 +242,11 @@ class _EpochIndices(torch.utils.data.Sampler):
     can seed its own augmentation (:class:`_SeededSamples`)."""
 
     def __init__(self, inner: DistributedSampler, n: int):
-        self.inner, self.n = inner, n
+        self.inner, self.n, self.skip = inner, n, 0
 
     def __iter__(self):
         base = self.inner.epoch * self.n
-        return (base + i for i in self.inner)
+        return (base + i for i in itertools.islice(self.inner, self.skip, None))
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -254,8 +255,10 @@ class _EpochIndices(torch.utils.data.Sampler):
     def epoch(self) -> int:
         return self.inner.epoch
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """The epoch's order; ``skip``: leave out its first that many indices (a resumed epoch)."""
         self.inner.set_epoch(epoch)
+        self.skip = skip
 
 
 class _SeededSamples(Dataset):

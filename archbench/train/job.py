@@ -45,7 +45,8 @@ def run_payload(payload: dict[str, Any], callback=None) -> dict[str, Any]:
                               recipe=Recipe(**payload["recipe"]), seed=payload["seed"], device=device,
                               callback=callback, limit_train=data.get("limit_train"),
                               limit_test=data.get("limit_test"), inputs=Inputs(**payload.get("inputs", {})),
-                              checkpoint_dir=payload.get("checkpoint_dir"), ctx=ctx)
+                              checkpoint_dir=payload.get("checkpoint_dir"),
+                              checkpoint_every=payload.get("checkpoint_every") or 0, ctx=ctx)
     finally:
         dist.shutdown()
 

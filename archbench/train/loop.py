@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +135,13 @@ class Schedule:
         return self.opt.param_groups[0]["lr"]
 
 
+def _state(model, opt, ema, gen, step: int, hist: History) -> dict[str, Any]:
+    """What a checkpoint holds besides where in an epoch it was taken."""
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(gen),
+            "step": step, "history": {k: v for k, v in asdict(hist).items() if k != "resumed_from"}}
+
+
 def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: int = 0,
           device: str | torch.device = "cpu", ctx: Dist = Dist(), checkpoint: Checkpointer | None = None,
           callback: Callable[[int, dict[str, float]], None] | None = None,
@@ -143,7 +150,9 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
 
     ``callback(epoch, metrics)`` runs after each epoch's evaluation; ``on_step(epoch, step,
     loss)`` after each optimiser step (progress bars). With ``checkpoint``, the whole state is
-    saved at each epoch end (rank 0) and a saved state is resumed from."""
+    saved at each epoch end (rank 0), and every ``checkpoint.every`` optimiser steps inside an
+    epoch too, and a saved state is resumed from: inside an epoch, at the step after it, with
+    the same order, draws and sums as an uninterrupted run."""
     recipe.check()
     device = torch.device(device)
     gen = seed_everything(seed)
@@ -171,6 +180,7 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
         ema = ModelEmaV3(model, decay=recipe.ema_decay)
     hist = History()
     step, start = 0, 0
+    within = None  # a checkpoint taken inside an epoch: where in it, and the epoch's sums so far
     if checkpoint is not None:
         state = checkpoint.load()
         if state is not None:
@@ -182,15 +192,26 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
             hist = History(**state["history"])
             hist.resumed_from = start = len(hist.epochs)
             step = state["step"]
+            within = state.get("within")
+    every = checkpoint.every if checkpoint is not None else 0
     # on a GPU the loss is read back only every `sync_every` steps, so the host never waits on
     # each step (small models are launch-bound); a NaN is then caught within that many steps
     sync_every = 1 if device.type == "cpu" else 25
     for epoch in range(start, recipe.epochs):
         net.train()
         t0 = time.perf_counter()
-        loss_sum, seen = torch.zeros((), device=device), 0
+        loss_sum, seen, before = torch.zeros((), device=device), 0, 0.0
+        first, resume_gen = 0, None
+        if within is not None:  # continue this epoch after its first `first` steps, as if never stopped
+            first, resume_gen, before = within["step"], gen.get_state(), within["seconds"]
+            gen.set_state(within["gen_epoch"])  # the epoch's order is drawn again from its start
+            # this rank's own sums so far (the epoch end adds up the ranks' in the same order as ever)
+            loss_sum = torch.tensor(within["loss_sums"][ctx.rank], device=device)
+            seen = within["seens"][ctx.rank]
+            within = None
+        gen_epoch = gen.get_state()
         pending_loss = []
-        for i, (xb, yb) in enumerate(batches.train_epoch(epoch, gen)):
+        for i, (xb, yb) in enumerate(batches.train_epoch(epoch, gen, start=first, resume=resume_gen), start=first):
             if mixup is not None and len(yb) % 2:  # Mixup pairs images: a batch short of a bad file drops one
                 xb, yb = xb[:-1], yb[:-1]
             target = yb
@@ -204,7 +225,8 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
             else:
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
             pending_loss.append(loss.detach())
-            if (i + 1) % sync_every == 0 or i + 1 == steps:
+            save_now = checkpoint is not None and every > 0 and (step + 1) % every == 0 and i + 1 < steps
+            if (i + 1) % sync_every == 0 or i + 1 == steps or save_now:  # no unchecked loss in a checkpoint
                 recent = torch.stack(pending_loss)
                 if not bool(torch.isfinite(recent).all()):
                     bad = int((~torch.isfinite(recent)).nonzero()[0, 0])
@@ -217,9 +239,17 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
             step += 1
             loss_sum += loss.detach() * len(yb)
             seen += len(yb)
+            if save_now:  # every rank's sums gathered (one collective: each fills its own slots); rank 0 writes
+                mine = [(float(loss_sum), seen) if r == ctx.rank else (0.0, 0) for r in range(ctx.world_size)]
+                sums = ctx.all_sum([v for pair in mine for v in pair], device)
+                if ctx.main:
+                    checkpoint.save({**_state(model, opt, ema, gen, step, hist),
+                                     "within": {"step": i + 1, "gen_epoch": gen_epoch, "loss_sums": sums[0::2],
+                                                "seens": [int(n) for n in sums[1::2]],
+                                                "seconds": before + time.perf_counter() - t0}})
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
+        seconds = before + time.perf_counter() - t0
         loss_total, seen_total = ctx.all_sum([float(loss_sum), seen], device)
         hist.train_seconds += seconds
         hist.train_images += int(seen_total)
@@ -231,9 +261,7 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
             metrics.update(ema_top1=ema_m["top1"], ema_top5=ema_m["top5"])
         hist.epochs.append(metrics)
         if checkpoint is not None and ctx.main:
-            checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(gen),
-                             "step": step, "history": {k: v for k, v in asdict(hist).items() if k != "resumed_from"}})
+            checkpoint.save(_state(model, opt, ema, gen, step, hist))
         if callback:
             callback(epoch + 1, metrics)
     return hist

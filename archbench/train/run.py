@@ -37,13 +37,13 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
                    callback: Callable[[int, dict], None] | None = None,
                    on_step: Callable[[int, int, float], None] | None = None, name: str | None = None,
                    limit_train: int | None = None, limit_test: int | None = None, inputs: Inputs = Inputs(),
-                   checkpoint_dir: str | None = None, ctx: Dist = Dist(),
+                   checkpoint_dir: str | None = None, checkpoint_every: int = 0, ctx: Dist = Dist(),
                    say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train ``spec`` on ``dataset`` and return the results row (``status`` ok or failed).
 
     The spec must already fit the data (see :func:`fit_spec_to_data`). With
-    ``checkpoint_dir``, the run saves its state there at each epoch end and continues from
-    it when called again; a finished run returns its row without training. ``say`` receives
+    ``checkpoint_dir``, the run saves its state there at each epoch end (and every
+    ``checkpoint_every`` optimiser steps inside one) and continues from it when called again; a finished run returns its row without training. ``say`` receives
     one-line notes (the cache chosen, a resume, skipped images)."""
     from archbench.measure import count_macs, count_params
     from archbench.results import provenance
@@ -56,7 +56,7 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
         spec = spec.replace(drop_path=recipe.drop_path)
     ckpt = None
     if checkpoint_dir:
-        ckpt = Checkpointer(checkpoint_dir, run_identity(
+        ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, identity=run_identity(
             spec, dataset=dataset, recipe=recipe, seed=seed, device=device, world_size=ctx.world_size,
             limit_train=limit_train, limit_test=limit_test))
         ckpt.check_writable()
