@@ -248,8 +248,10 @@ def test_a_run_stopped_inside_an_epoch_resumes_there_exactly(tmp_path, kind):
     state = torch.load(ck / "last.pt", weights_only=True)
     within = state["within"]  # the last checkpoint was taken inside the second epoch, at an even step
     assert state["step"] % 2 == 0 and 1 <= within["step"] <= 4 and within["seens"][0] > 0
-    resumed = run_experiment(spec, seed=3, checkpoint_dir=str(ck), checkpoint_every=2, **kw)
+    lines = []
+    resumed = run_experiment(spec, seed=3, checkpoint_dir=str(ck), checkpoint_every=2, say=lines.append, **kw)
     assert resumed["resumed_from_epoch"] == 1
+    assert f"resuming from {ck / 'last.pt'}: inside epoch 2, after its step {within['step']} of " in " ".join(lines)
     assert _history(resumed) == _history(reference)
     assert (resumed["top1"], resumed.get("ema_top1")) == (reference["top1"], reference.get("ema_top1"))
 

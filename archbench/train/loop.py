@@ -145,14 +145,16 @@ def _state(model, opt, ema, gen, step: int, hist: History) -> dict[str, Any]:
 def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: int = 0,
           device: str | torch.device = "cpu", ctx: Dist = Dist(), checkpoint: Checkpointer | None = None,
           callback: Callable[[int, dict[str, float]], None] | None = None,
-          on_step: Callable[[int, int, float], None] | None = None) -> History:
+          on_step: Callable[[int, int, float], None] | None = None,
+          say: Callable[[str], None] | None = None) -> History:
     """Train ``model`` on ``batches`` (:mod:`archbench.train.batches`); returns the history.
 
     ``callback(epoch, metrics)`` runs after each epoch's evaluation; ``on_step(epoch, step,
     loss)`` after each optimiser step (progress bars). With ``checkpoint``, the whole state is
     saved at each epoch end (rank 0), and every ``checkpoint.every`` optimiser steps inside an
     epoch too, and a saved state is resumed from: inside an epoch, at the step after it, with
-    the same order, draws and sums as an uninterrupted run."""
+    the same order, draws and sums as an uninterrupted run. ``say`` gets a line saying where a
+    run resumes."""
     recipe.check()
     device = torch.device(device)
     gen = seed_everything(seed)
@@ -193,6 +195,10 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
             hist.resumed_from = start = len(hist.epochs)
             step = state["step"]
             within = state.get("within")
+            if say:
+                where = (f"inside epoch {start + 1}, after its step {within['step']} of {steps}" if within
+                         else f"after epoch {start} of {recipe.epochs}")
+                say(f"resuming from {checkpoint.state_path}: {where}")
     every = checkpoint.every if checkpoint is not None else 0
     # on a GPU the loss is read back only every `sync_every` steps, so the host never waits on
     # each step (small models are launch-bound); a NaN is then caught within that many steps

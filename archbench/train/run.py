@@ -86,10 +86,8 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
     row["inputs"] = {**asdict(inputs), **chosen}
     status, error = "ok", None
     hist = None
-    if ckpt is not None and ckpt.state_path.is_file():
-        say(f"resuming from {ckpt.state_path}")
     try:
-        hist = train(model, batches, recipe, num_classes=spec.num_classes, seed=seed, device=dev, ctx=ctx,
+        hist = train(model, batches, recipe, num_classes=spec.num_classes, seed=seed, device=dev, ctx=ctx, say=say,
                      checkpoint=ckpt, callback=callback, on_step=on_step)
     except Diverged as e:
         status, error = "failed", str(e)
