@@ -303,3 +303,50 @@ def test_checkpoint_every_reaches_each_ablation_run(tmp_path, monkeypatch, capsy
                  "mixer=shift,none", "--seeds", "1", "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every",
                  "2", "--out", str(tmp_path / "abl"), "--json"]) == 0
     assert len(seen) == 2 and all(d.startswith(str(tmp_path / "ck")) and n == 2 for d, n in seen)
+
+
+@pytest.mark.parametrize("kind", ["small", "deit"])
+def test_accumulated_micro_batches_train_as_the_whole_batch(tmp_path, kind):
+    """--accum-steps K: each batch as K forward/backward passes, losses weighted by their share,
+    one optimiser step. Without batch statistics (GroupNorm here, as LayerNorm) that is the
+    whole batch's gradient, so the run reproduces the K = 1 run (the reference): the same
+    top-1/top-5 and per-epoch losses up to float summation order (1e-5 relative)."""
+    from archbench import make_spec
+    from archbench.train.inputs import Inputs
+    from archbench.train.run import run_experiment
+
+    if kind == "small":
+        spec = make_spec(mixer="shift", ffn="mlp", dims=16, depths=1, img_size=16, in_chans=1, num_classes=10)
+        kw = dict(dataset="digits", limit_train=448, limit_test=200)
+        recipe = Recipe(epochs=2, batch_size=64)
+    else:  # Mixup/CutMix on the whole batch first, then split; EMA. Drop path is off: its draws
+        # are per micro-batch (the same distribution, other samples dropped), so not the same bits
+        spec = make_spec(mixer="shift", ffn="mlp", dims=16, depths=1, img_size=16, num_classes=2)
+        kw = dict(dataset="imagefolder", data_dir=str(_folder(tmp_path / "data", n_train=24)),
+                  inputs=Inputs(cache="memory", workers=0))
+        recipe = dataclasses.replace(PRESETS["deit"], epochs=2, batch_size=8, ema_decay=0.9, drop_path=0.0)
+    assert spec.norm == "groupnorm"
+    whole = run_experiment(spec, recipe=recipe, seed=1, **kw)
+    split = run_experiment(spec, recipe=dataclasses.replace(recipe, accum_steps=4), seed=1, **kw)
+    for a, b in zip(whole["history"], split["history"], strict=True):
+        assert (a["top1"], a["top5"], a["lr"]) == (b["top1"], b["top5"], b["lr"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert split["recipe"]["accum_steps"] == 4 and (whole.get("ema_top1"), whole["top1"]) == (
+        split.get("ema_top1"), split["top1"])
+
+
+def test_torchrun_accumulates_as_the_whole_batch(tmp_path):
+    """Under DDP (every micro-batch but the last in no_sync, so gradients are reduced once a
+    step): 2 gloo ranks × 2 micro-batches give the 2-rank whole-batch run's top-1 and losses
+    (1e-5 relative). (Reducing every micro-batch would give the same numbers, only slower.)"""
+    args = [*TINY, "--img-size", "16", "--epochs", "2", "--batch-size", "64", "--device", "cpu", "--seed", "5",
+            "--limit-train", "448", "--out", "", "--json"]
+    rows = []
+    for extra in ([], ["--accum-steps", "2"]):
+        res = _torchrun(*args, *extra)
+        assert res.returncode == 0, res.stderr[-3000:]
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    whole, split = rows
+    assert split["recipe"]["accum_steps"] == 2 and split["world_size"] == 2
+    for a, b in zip(whole["history"], split["history"], strict=True):
+        assert (a["top1"], a["top5"]) == (b["top1"], b["top5"]) and a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -145,7 +145,7 @@ RECIPE_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "wei
                 "lr_base_batch": "lr_base_batch", "warmup_lr": "warmup_lr", "min_lr": "min_lr",
                 "transform": "transform", "interpolation": "interpolation", "rand_augment": "rand_augment",
                 "color_jitter": "color_jitter", "reprob": "reprob", "crop_pct": "crop_pct", "mixup": "mixup",
-                "cutmix": "cutmix", "drop_path": "drop_path", "ema": "ema_decay"}
+                "cutmix": "cutmix", "drop_path": "drop_path", "ema": "ema_decay", "accum_steps": "accum_steps"}
 
 
 def add_train_args(r: argparse.ArgumentParser) -> None:
@@ -177,6 +177,9 @@ def add_train_args(r: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=float, help="warm-up epochs")
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--clip-grad", type=float, help="max gradient norm (0: off)")
+    g.add_argument("--accum-steps", type=_count(1), metavar="K",
+                   help="split each rank's batch into K forward/backward passes per optimiser step (gradient "
+                        "accumulation): the recipe's --batch-size on fewer GPUs or less memory")
     g.add_argument("--transform", choices=TRANSFORMS, help="tensor: batched pad-crop + flip (small); "
                                                            "timm: per-image timm transforms (deit)")
     g.add_argument("--interpolation", choices=INTERPOLATIONS)

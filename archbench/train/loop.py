@@ -83,11 +83,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def update(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, *, clip_grad: float = 0.0,
+def update(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor | None, *, clip_grad: float = 0.0,
            ema=None, step: int | None = None) -> None:
     """One optimiser update from ``loss``: backward, clip the global grad norm, step, EMA; the
-    gradients are then dropped, so the next forward runs without them held in memory."""
-    loss.backward()
+    gradients are then dropped, so the next forward runs without them held in memory.
+    ``loss=None``: the gradients are already there (accumulated over micro-batches)."""
+    if loss is not None:
+        loss.backward()
     if clip_grad:
         nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     opt.step()
@@ -135,6 +137,26 @@ class Schedule:
         return self.opt.param_groups[0]["lr"]
 
 
+def accumulate(net: nn.Module, x: torch.Tensor, target: torch.Tensor, parts: int, criterion, use_amp: bool,
+               device: torch.device) -> torch.Tensor:
+    """Forward and backward of ``x`` in ``parts`` micro-batches, each loss weighted by its share
+    of the batch, so the gradients add up to those of the whole batch's mean loss (DDP reduces
+    them once, on the last); returns that mean loss, detached."""
+    import contextlib
+
+    xs, ts = x.chunk(parts), target.chunk(parts)
+    total = torch.zeros((), device=device)
+    for j, (xc, tc) in enumerate(zip(xs, ts)):
+        last = j == len(xs) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = criterion(net(xc), tc) * (len(xc) / len(x))
+            loss.backward()
+        total += loss.detach()
+    return total
+
+
 def _state(model, opt, ema, gen, step: int, hist: History) -> dict[str, Any]:
     """What a checkpoint holds besides where in an epoch it was taken."""
     return {"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -176,6 +198,12 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
         mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
                       switch_prob=recipe.mixup_switch_prob, mode="batch", label_smoothing=recipe.label_smoothing,
                       num_classes=num_classes)
+
+    def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if mixup is not None:
+            return soft_ce(logits.float(), target)
+        return F.cross_entropy(logits.float(), target, label_smoothing=recipe.label_smoothing)
+
     ema = None
     if recipe.ema_decay:
         from timm.utils import ModelEmaV3
@@ -224,12 +252,11 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
             if mixup is not None and len(yb):
                 xb, target = mixup(xb, yb)
             sched.set(step)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(xb)
-            if mixup is not None:
-                loss = soft_ce(logits.float(), target)
-            else:
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
+            if recipe.accum_steps == 1:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = criterion(net(xb), target)
+            else:  # the batch's mean loss as micro-batches, each weighted by its share of the batch
+                loss = accumulate(net, xb, target, recipe.accum_steps, criterion, use_amp, device)
             pending_loss.append(loss.detach())
             save_now = checkpoint is not None and every > 0 and (step + 1) % every == 0 and i + 1 < steps
             if (i + 1) % sync_every == 0 or i + 1 == steps or save_now:  # no unchecked loss in a checkpoint
@@ -241,7 +268,8 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
                 pending_loss = []
                 if on_step:
                     on_step(epoch, i, float(recent[-1]))
-            update(model, opt, loss, clip_grad=recipe.clip_grad, ema=ema, step=step)
+            update(model, opt, loss if recipe.accum_steps == 1 else None, clip_grad=recipe.clip_grad, ema=ema,
+                   step=step)
             step += 1
             loss_sum += loss.detach() * len(yb)
             seen += len(yb)

@@ -52,13 +52,20 @@ class Recipe:
     mixup_switch_prob: float = 0.5
     drop_path: float | None = None  # None: the model spec's own
     ema_decay: float = 0.0  # EMA of the weights (timm ModelEmaV3); 0: off
+    # micro-batches per optimiser step: each rank's batch is split into this many forward/backward
+    # passes whose gradients add up to the whole batch's (the recipe's batch on fewer devices);
+    # another run only where batch statistics are per micro-batch (BatchNorm)
+    accum_steps: int = 1
 
     def check(self) -> None:
         """Raise ValueError (one line, naming the field) for values no run can use."""
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "accum_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UsageError(f"{name} must be a positive integer, got {v!r}")
+        if self.batch_size % self.accum_steps:
+            raise UsageError(f"batch_size {self.batch_size} must be divisible by accum_steps {self.accum_steps} "
+                             "(the micro-batches of one optimiser step)")
         if not self.lr > 0:
             raise UsageError(f"lr must be > 0, got {self.lr!r}")
         for name in ("weight_decay", "warmup_epochs", "clip_grad", "warmup_lr", "min_lr", "mixup", "cutmix",
