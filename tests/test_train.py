@@ -182,6 +182,43 @@ def test_eval_refuses_a_small_recipe_run(capsys, tmp_path):
     assert len(err.splitlines()) == 1 and "trained with the tensor transform (the small recipe)" in err
 
 
+def test_fine_tuning_starts_from_the_checkpoint_with_a_new_classifier(capsys, tmp_path, monkeypatch):
+    """run --pretrained: a timm DeiT-Ti checkpoint (1000 classes, timm's keys) fine-tuned on a
+    2-class folder. At the first step every weight but the classifier's is the checkpoint's, as
+    create_model(pretrained=...) loads it (the reference: tested against timm's logits in
+    test_zoo); the classifier is new, of 2 classes. The run is another run than one from scratch."""
+    import copy
+
+    import timm
+
+    import archbench.train.run as run_module
+    from archbench import create_model
+
+    _folder(tmp_path / "data", ["a", "b"], size=(40, 48))
+    w = tmp_path / "deit.pth"
+    torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4).state_dict(), w)
+    seen = {}
+    real = run_module.train
+
+    def spy(model, *args, **kw):
+        seen["start"] = copy.deepcopy(model.state_dict())
+        return real(model, *args, **kw)
+
+    monkeypatch.setattr(run_module, "train", spy)
+    argv = ["run", "--model", "deit_tiny", "--img-size", "32", "--patch-size", "4", "--dataset", "imagefolder",
+            "--data-dir", str(tmp_path / "data"), "--recipe", "deit", "--epochs", "1", "--batch-size", "8",
+            "--workers", "0", "--out", "", "--json", "--checkpoint-dir", str(tmp_path / "ck")]
+    assert main([*argv, "--pretrained", str(w)]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ref = create_model("deit_tiny", img_size=32, patch_size=4, num_classes=2, pretrained=str(w)).state_dict()
+    start = seen["start"]
+    assert set(start) == set(ref) and start["head.weight"].shape == (2, 192)
+    assert all(torch.equal(start[k], ref[k]) for k in ref if not k.startswith("head."))
+    assert row["pretrained"].startswith(f"{w} (sha256 ")
+    assert main(argv) == 2  # from scratch into the fine-tuning run's folder
+    assert "belongs to another run (pretrained: " in capsys.readouterr().err
+
+
 def test_augment_crop_and_flip_against_the_written_out_rule():
     # pad p = max(1, round(4·min(H, W)/32)) = 1 at 4x4; offsets (dy, dx) pick the window
     # xp[dy:dy+H, dx:dx+W] of the zero-padded image; the flip mirrors that window left-right

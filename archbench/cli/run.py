@@ -17,6 +17,9 @@ def add_parser(sub, default_device: str) -> None:
     r = sub.add_parser("run", help="train a model on a dataset and record its accuracy, size and speed")
     add_model_args(r)
     add_train_args(r)
+    r.add_argument("--pretrained", metavar="PATH",
+                   help="fine-tune: start from these weights (a zoo model's checkpoint in its reference keys, "
+                        "e.g. timm's; or a run's --checkpoint-dir); a classifier of another size starts anew")
     r.add_argument("--seed", type=_count(0), default=0)
     r.add_argument("--device", type=_device, default=default_device)
     r.add_argument("--out", default=f"results/{TABLE}",
@@ -28,7 +31,6 @@ def add_parser(sub, default_device: str) -> None:
 
 
 def cmd_run(args) -> int:
-
     from archbench.measure.memory import check_fits
     from archbench.results import save_rows
     from archbench.train import dist
@@ -42,6 +44,9 @@ def cmd_run(args) -> int:
             check_table(out, "--out")
         if args.checkpoint_dir:
             check_writable(args.checkpoint_dir, "--checkpoint-dir")
+        if args.pretrained:
+            from archbench.models.weights import checkpoint_file
+            checkpoint_file(args.pretrained)  # a missing file is one line now, not after the data is read
     recipe = recipe_from_args(args)
     inputs = inputs_from_args(args)
     every = checkpoint_every_from_args(args)
@@ -72,7 +77,7 @@ def cmd_run(args) -> int:
                                  recipe=recipe, seed=args.seed, device=device, callback=on_epoch,
                                  on_step=on_step, name=args.model, limit_train=args.limit_train,
                                  limit_test=args.limit_test, inputs=inputs, checkpoint_dir=args.checkpoint_dir,
-                                 checkpoint_every=every,
+                                 checkpoint_every=every, pretrained=args.pretrained,
                                  ctx=ctx, say=say)
         except RuntimeError as e:
             if not dist.lost_peer(ctx, e):

@@ -25,10 +25,18 @@ Converted = dict[str, tuple[str, Tensor]]
 Converter = Callable[[dict[str, Tensor]], Converted]
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+def checkpoint_file(path: str | Path) -> Path:
+    """The file a checkpoint argument names: the file, or a run's --checkpoint-dir's last.pt."""
     path = Path(path)
+    if path.is_dir() and (path / "last.pt").is_file():
+        return path / "last.pt"
     if not path.is_file():
         raise UsageError(f"checkpoint {str(path)!r} does not exist (archbench never downloads weights)")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    path = checkpoint_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         sd = load_file(str(path))

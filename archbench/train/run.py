@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 
 from archbench.builder import build_model
+from archbench.errors import UsageError
 from archbench.spec import ArchSpec
 from archbench.train.checkpoint import Checkpointer
 from archbench.train.data import load_dataset
@@ -24,12 +25,30 @@ DEFAULT_EPOCHS = 30
 
 
 def run_identity(spec: ArchSpec, *, dataset: str, recipe: Recipe, seed: int, device: str, world_size: int,
-                 limit_train: int | None, limit_test: int | None) -> dict[str, Any]:
+                 limit_train: int | None, limit_test: int | None, pretrained: dict | None = None) -> dict[str, Any]:
     """What makes two runs the same run (a checkpoint of another identity is refused)."""
     from archbench.ablate.plan import numerics
 
-    return {"spec": spec.to_dict(), "recipe": recipe.as_dict(), "dataset": dataset, "limit_train": limit_train,
-            "limit_test": limit_test, "seed": seed, "numerics": numerics(device), "world_size": world_size}
+    ident = {"spec": spec.to_dict(), "recipe": recipe.as_dict(), "dataset": dataset, "limit_train": limit_train,
+             "limit_test": limit_test, "seed": seed, "numerics": numerics(device), "world_size": world_size}
+    if pretrained is not None:  # only then: the identities of runs from scratch stay as they were
+        ident["pretrained"] = pretrained
+    return ident
+
+
+def pretrained_identity(path: str) -> dict[str, str]:
+    """The starting weights of a fine-tuning run: the file's name and the start of its SHA-256
+    (another file under the same name is another run)."""
+    import hashlib
+
+    from archbench.models.weights import checkpoint_file
+
+    file = checkpoint_file(path)  # a run's --checkpoint-dir means its last.pt; a missing file is one line
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return {"file": file.name, "sha256": digest.hexdigest()[:16]}
 
 
 def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | None = None, download: bool = False,
@@ -38,13 +57,16 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
                    on_step: Callable[[int, int, float], None] | None = None, name: str | None = None,
                    limit_train: int | None = None, limit_test: int | None = None, inputs: Inputs = Inputs(),
                    checkpoint_dir: str | None = None, checkpoint_every: int = 0, ctx: Dist = Dist(),
-                   say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   say: Callable[[str], None] | None = None, pretrained: str | None = None) -> dict[str, Any]:
     """Train ``spec`` on ``dataset`` and return the results row (``status`` ok or failed).
 
     The spec must already fit the data (see :func:`fit_spec_to_data`). With
     ``checkpoint_dir``, the run saves its state there at each epoch end (and every
-    ``checkpoint_every`` optimiser steps inside one) and continues from it when called again; a finished run returns its row without training. ``say`` receives
-    one-line notes (the cache chosen, a resume, skipped images)."""
+    ``checkpoint_every`` optimiser steps inside one) and continues from it when called again; a
+    finished run returns its row without training. ``pretrained``: start from these weights (a
+    fine-tuning run; a zoo model ``name``'s checkpoint in its reference code's keys is converted,
+    a classifier of another size is replaced, position embeddings are resized). ``say``
+    receives one-line notes (the cache chosen, a resume, skipped images)."""
     from archbench.measure import count_macs, count_params
     from archbench.results import provenance
 
@@ -54,11 +76,12 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
     t_start = time.perf_counter()
     if recipe.drop_path is not None and recipe.drop_path != spec.drop_path:
         spec = spec.replace(drop_path=recipe.drop_path)
+    start_from = pretrained_identity(pretrained) if pretrained else None
     ckpt = None
     if checkpoint_dir:
         ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, identity=run_identity(
             spec, dataset=dataset, recipe=recipe, seed=seed, device=device, world_size=ctx.world_size,
-            limit_train=limit_train, limit_test=limit_test))
+            limit_train=limit_train, limit_test=limit_test, pretrained=start_from))
         ckpt.check_writable()
         done = ckpt.finished_row()
         if done is not None:
@@ -66,7 +89,16 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
             return done
     data = load_dataset(dataset, data_dir, download).subset(limit_train, limit_test)
     torch.manual_seed(seed)
-    model = build_model(spec)
+    model = build_model(spec)  # seeded: a fine-tuning run's new classifier too
+    if pretrained:
+        from archbench.models.factory import get_entry
+        from archbench.models.weights import load_pretrained
+
+        try:  # a zoo model's entry converts its reference code's keys
+            entry = get_entry(name) if name else None
+        except UsageError:
+            entry = None
+        load_pretrained(model, pretrained, entry)
     row: dict[str, Any] = {
         "name": name or f"{spec.macro} {'+'.join(dict.fromkeys(s.mixer for s in spec.stages))}"
                         f"/{'+'.join(dict.fromkeys(s.ffn for s in spec.stages))}",
@@ -104,6 +136,7 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
         "epochs_done": len(hist.epochs) if hist else 0, "history": hist.epochs if hist else [],
         "device": device, "spec": spec.to_json(), "world_size": ctx.world_size,
         "resumed_from_epoch": hist.resumed_from if hist else 0, "skipped_images": skipped,
+        "pretrained": f"{pretrained} (sha256 {start_from['sha256']})" if pretrained else None,
     })
     if "ema_top1" in last:
         row.update(ema_top1=last["ema_top1"], ema_top5=last["ema_top5"])
