@@ -20,6 +20,9 @@ def add_parser(sub, default_device: str) -> None:
     r.add_argument("--pretrained", metavar="PATH",
                    help="fine-tune: start from these weights (a zoo model's checkpoint in its reference keys, "
                         "e.g. timm's; or a run's --checkpoint-dir); a classifier of another size starts anew")
+    r.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (inductor): minutes of compiling first, faster steps after "
+                        "on a GPU; evaluation stays eager")
     r.add_argument("--seed", type=_count(0), default=0)
     r.add_argument("--device", type=_device, default=default_device)
     r.add_argument("--out", default=f"results/{TABLE}",
@@ -77,7 +80,7 @@ def cmd_run(args) -> int:
                                  recipe=recipe, seed=args.seed, device=device, callback=on_epoch,
                                  on_step=on_step, name=args.model, limit_train=args.limit_train,
                                  limit_test=args.limit_test, inputs=inputs, checkpoint_dir=args.checkpoint_dir,
-                                 checkpoint_every=every, pretrained=args.pretrained,
+                                 checkpoint_every=every, pretrained=args.pretrained, compile=args.compile,
                                  ctx=ctx, say=say)
         except RuntimeError as e:
             if not dist.lost_peer(ctx, e):

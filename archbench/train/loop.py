@@ -168,7 +168,7 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
           device: str | torch.device = "cpu", ctx: Dist = Dist(), checkpoint: Checkpointer | None = None,
           callback: Callable[[int, dict[str, float]], None] | None = None,
           on_step: Callable[[int, int, float], None] | None = None,
-          say: Callable[[str], None] | None = None) -> History:
+          say: Callable[[str], None] | None = None, compile: bool = False) -> History:
     """Train ``model`` on ``batches`` (:mod:`archbench.train.batches`); returns the history.
 
     ``callback(epoch, metrics)`` runs after each epoch's evaluation; ``on_step(epoch, step,
@@ -176,7 +176,7 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
     saved at each epoch end (rank 0), and every ``checkpoint.every`` optimiser steps inside an
     epoch too, and a saved state is resumed from: inside an epoch, at the step after it, with
     the same order, draws and sums as an uninterrupted run. ``say`` gets a line saying where a
-    run resumes."""
+    run resumes. ``compile``: the training steps through ``torch.compile``."""
     recipe.check()
     device = torch.device(device)
     gen = seed_everything(seed)
@@ -185,6 +185,8 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:  # the training forward and backward only (DDP wrapped first, as torch advises):
+        net = torch.compile(net)  # evaluation, EMA and checkpoints use the model itself
     use_amp = device.type == "cuda"
     opt = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.peak_lr)
     opt.zero_grad(set_to_none=True)  # update() clears gradients after its step: none may be left from before

@@ -57,7 +57,8 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
                    on_step: Callable[[int, int, float], None] | None = None, name: str | None = None,
                    limit_train: int | None = None, limit_test: int | None = None, inputs: Inputs = Inputs(),
                    checkpoint_dir: str | None = None, checkpoint_every: int = 0, ctx: Dist = Dist(),
-                   say: Callable[[str], None] | None = None, pretrained: str | None = None) -> dict[str, Any]:
+                   say: Callable[[str], None] | None = None, pretrained: str | None = None,
+                   compile: bool = False) -> dict[str, Any]:
     """Train ``spec`` on ``dataset`` and return the results row (``status`` ok or failed).
 
     The spec must already fit the data (see :func:`fit_spec_to_data`). With
@@ -65,7 +66,8 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
     ``checkpoint_every`` optimiser steps inside one) and continues from it when called again; a
     finished run returns its row without training. ``pretrained``: start from these weights (a
     fine-tuning run; a zoo model ``name``'s checkpoint in its reference code's keys is converted,
-    a classifier of another size is replaced, position embeddings are resized). ``say``
+    a classifier of another size is replaced, position embeddings are resized). ``compile``:
+    train through ``torch.compile`` (not part of the run's identity: a resumed run may differ). ``say``
     receives one-line notes (the cache chosen, a resume, skipped images)."""
     from archbench.measure import count_macs, count_params
     from archbench.results import provenance
@@ -120,6 +122,7 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
     hist = None
     try:
         hist = train(model, batches, recipe, num_classes=spec.num_classes, seed=seed, device=dev, ctx=ctx, say=say,
+                     compile=compile,
                      checkpoint=ckpt, callback=callback, on_step=on_step)
     except Diverged as e:
         status, error = "failed", str(e)
@@ -137,6 +140,7 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
         "device": device, "spec": spec.to_json(), "world_size": ctx.world_size,
         "resumed_from_epoch": hist.resumed_from if hist else 0, "skipped_images": skipped,
         "pretrained": f"{pretrained} (sha256 {start_from['sha256']})" if pretrained else None,
+        "compile": compile,
     })
     if "ema_top1" in last:
         row.update(ema_top1=last["ema_top1"], ema_top5=last["ema_top5"])
