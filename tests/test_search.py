@@ -108,7 +108,7 @@ def test_plot_holds_the_trained_trials(tmp_path, capsys):
     ("name: x\nparams:\n  ffn: {choices: [mlp, msfn]}\n", "did you mean 'msffn'?"),
     ("name: x\nparams:\n  mixer_options.gama: {choices: [0.1]}\n", "msa has no option 'gama'; allowed: attn_drop"),
     ("name: x\nparams:\n  mixer: {choices: [shift]}\nrecipe: {learning_rate: 0.1}\n",
-     "unknown recipe field 'learning_rate'; known: augment"),
+     "unknown recipe field 'learning_rate'; known: accum_steps, augment"),
 ])
 def test_bad_spaces_are_one_line_exit_2(tmp_path, capsys, text, needle):
     path = tmp_path / "s.yaml"
