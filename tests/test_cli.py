@@ -131,3 +131,23 @@ def test_a_bug_is_a_traceback_not_a_usage_line(monkeypatch, capsys):
         main(["run", "--mixer", "shift", "--dims", "16", "--depths", "1", "--img-size", "8", "--epochs", "1",
               "--out", ""])
     assert "error:" not in capsys.readouterr().err
+
+
+def test_epoch_lines_say_what_is_left():
+    """Each epoch's line ends with the time left at the pace so far (what a batch job's log shows,
+    where no progress bar is drawn); the last epoch's has none."""
+    import io
+
+    from rich.console import Console
+
+    from archbench.cli.console import _duration, training_progress
+
+    assert [_duration(s) for s in (4, 59.6, 185, 7623, 273700)] == ["4s", "1m00s", "3m05s", "2h07m", "3d04h"]
+    out = io.StringIO()
+    m = {"loss": 1.0, "top1": 50.0, "top5": 90.0, "train_throughput": 10.0, "epoch_seconds": 1.0}
+    with training_progress(Console(file=out, width=200), 3, 2, quiet=False) as (_, on_step, on_epoch):
+        for epoch in range(3):
+            on_step(epoch, 0, 1.0)
+            on_epoch(epoch + 1, m)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("epoch")]
+    assert len(lines) == 3 and all(" eta " in ln for ln in lines[:2]) and " eta " not in lines[2]

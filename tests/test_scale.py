@@ -254,6 +254,9 @@ def test_a_run_stopped_inside_an_epoch_resumes_there_exactly(tmp_path, kind):
     assert f"resuming from {ck / 'last.pt'}: inside epoch 2, after its step {within['step']} of " in " ".join(lines)
     assert _history(resumed) == _history(reference)
     assert (resumed["top1"], resumed.get("ema_top1")) == (reference["top1"], reference.get("ema_top1"))
+    import pandas as pd  # the folder's history.csv: a line per epoch, the resumed ones included
+    log = pd.read_csv(ck / "history.csv")
+    assert log["epoch"].tolist() == [1, 2] and log["top1"].tolist() == [h["top1"] for h in resumed["history"]]
 
 
 def test_torchrun_killed_inside_an_epoch_resumes_there_exactly(tmp_path):

@@ -1,9 +1,10 @@
 """Per-run checkpoints: everything a run needs to continue exactly where it stopped.
 
-A run's folder holds ``last.pt`` (written at each epoch end, and every N steps inside one
-with ``--checkpoint-every N``: write to a temporary file, then rename, so a kill never leaves
-half a checkpoint) and, once the run has finished, ``row.json``
-(its results row: rerunning a finished run returns it without training). Each file carries
+A run's folder holds ``last.pt`` (written at each epoch end, and every N steps inside one with
+``--checkpoint-every N``: write to a temporary file, then rename, so a kill never leaves half a
+checkpoint), ``history.csv`` (a line per finished epoch, to follow a long run) and, once the run
+has finished, ``row.json`` (its results row: rerunning a finished run returns it without
+training). Each file carries
 the run's identity (spec, recipe, data, seed, numerics, world size); a folder holding another
 run's checkpoint is refused rather than mixed.
 """
@@ -65,6 +66,21 @@ class Checkpointer:
         tmp = self.state_path.with_suffix(".tmp")
         torch.save({**state, "identity": self.identity}, tmp)
         os.replace(tmp, self.state_path)
+
+    def save_history(self, epochs: list[dict[str, Any]]) -> None:
+        """``history.csv``: one line per finished epoch (loss, top-1, lr, ...), rewritten whole at
+        each epoch end, so a long run can be followed (or plotted) while it trains."""
+        import csv
+        import io
+
+        keys = list(dict.fromkeys(k for m in epochs for k in m))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(epochs)
+        tmp = self.folder / "history.csv.tmp"
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, self.folder / "history.csv")
 
     def save_row(self, row: dict[str, Any]) -> None:
         tmp = self.row_path.with_suffix(".tmp")

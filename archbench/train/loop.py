@@ -298,6 +298,7 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
         hist.epochs.append(metrics)
         if checkpoint is not None and ctx.main:
             checkpoint.save(_state(model, opt, ema, gen, step, hist))
+            checkpoint.save_history(hist.epochs)
         if callback:
             callback(epoch + 1, metrics)
     return hist
