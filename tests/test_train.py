@@ -171,15 +171,22 @@ def test_a_checkpoint_with_python_objects_is_one_line_naming_them(capsys, tmp_pa
     assert len(err.splitlines()) == 1 and "\x1b" not in err and "numpy" in err and "holds Python objects" in err
 
 
-def test_eval_refuses_a_small_recipe_run(capsys, tmp_path):
-    """The small recipe's evaluation (a plain resize, the data's own statistics) is not the timm
-    eval transform `archbench eval` applies: refused in one line rather than misread."""
-    ck = tmp_path / "ck"
-    assert main(["run", *TINY, "--epochs", "1", "--batch-size", "256", "--out", "", "--checkpoint-dir", str(ck)]) == 0
-    capsys.readouterr()
-    assert main(["eval", "--pretrained", str(ck / "last.pt"), "--data-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "trained with the tensor transform (the small recipe)" in err
+def test_eval_refuses_runs_it_would_misread(capsys, tmp_path):
+    """`archbench eval` applies the timm eval transform with ImageNet's statistics: a run that saw
+    its inputs otherwise (the small recipe's plain resize; a built-in set's own statistics) is
+    refused in one line rather than misread."""
+    _folder(tmp_path / "data", ["a", "b"], size=(12, 12))
+    cases = [(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--batch-size", "4"],
+              "trained with the tensor transform (the small recipe)"),
+             (["--batch-size", "256"], "trained on 'digits', normalised by that set's own statistics")]
+    for i, (data, needle) in enumerate(cases):
+        ck = tmp_path / f"ck{i}"
+        assert main(["run", *TINY, "--epochs", "1", "--workers", "0", *data, "--out", "",
+                     "--checkpoint-dir", str(ck)]) == 0
+        capsys.readouterr()
+        assert main(["eval", "--pretrained", str(ck / "last.pt"), "--data-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
 
 
 def test_fine_tuning_starts_from_the_checkpoint_with_a_new_classifier(capsys, tmp_path, monkeypatch):

@@ -90,7 +90,8 @@ def training_progress(console, epochs: int, steps: int, quiet: bool):
                 if not quiet:
                     bar.console.print(f"epoch {epoch:3d}/{epochs}  loss {m['loss']:.4f}  top-1 {m['top1']:6.2f}%  "
                                       f"top-5 {m['top5']:6.2f}%  {m['train_throughput']:7.1f} img/s  "
-                                      f"{m['epoch_seconds']:.1f}s" + (f"  eta {_duration(left)}" if epoch < epochs else ""))
+                                      f"{m['epoch_seconds']:.1f}s"
+                                      + (f"  eta {_duration(left)}" if epoch < epochs else ""))
 
             yield bar, on_step, on_epoch
 

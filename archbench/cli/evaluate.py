@@ -52,7 +52,8 @@ def cmd_eval(args) -> int:
         raise UsageError("eval needs --model NAME (a zoo model) with --pretrained PATH, "
                          "or a run's --checkpoint-dir as --pretrained")
     else:
-        overrides = {k: getattr(args, k) for k in ("img_size", "patch_size", "num_classes") if getattr(args, k) is not None}
+        overrides = {k: getattr(args, k) for k in ("img_size", "patch_size", "num_classes")
+                     if getattr(args, k) is not None}
         model, name = create_model(args.model, pretrained=args.pretrained, **overrides).eval(), args.model
     with Progress(transient=True, disable=args.json) as bar:
         task = bar.add_task(f"evaluating {name}", total=None)

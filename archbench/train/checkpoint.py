@@ -4,9 +4,8 @@ A run's folder holds ``last.pt`` (written at each epoch end, and every N steps i
 ``--checkpoint-every N``: write to a temporary file, then rename, so a kill never leaves half a
 checkpoint), ``history.csv`` (a line per finished epoch, to follow a long run) and, once the run
 has finished, ``row.json`` (its results row: rerunning a finished run returns it without
-training). Each file carries
-the run's identity (spec, recipe, data, seed, numerics, world size); a folder holding another
-run's checkpoint is refused rather than mixed.
+training). Each file carries the run's identity (spec, recipe, data, seed, numerics, world
+size, starting weights); a folder holding another run's checkpoint is refused rather than mixed.
 """
 from __future__ import annotations
 
@@ -89,8 +88,8 @@ class Checkpointer:
 
 
 def _differences(found: Any, wanted: Any, path: str = "") -> list[str]:
-    """Where two identities differ, as ``path: saved → this run's`` (``recipe.epochs: 2 → 3``),
-    down to the leaves, so a refused folder says what to change rather than only "recipe"."""
+    """Where two identities differ, down to the leaves (``recipe.epochs: 2 here, 3 in this run``),
+    so a refused folder says what to change rather than only "recipe"."""
     if isinstance(found, dict) and isinstance(wanted, dict):
         out = []
         for key in sorted(set(found) | set(wanted), key=str):
@@ -113,7 +112,8 @@ def rng_state(gen: torch.Generator | None) -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     # numpy's key array as a tensor: a checkpoint of tensors and plain types loads with
     # torch.load(weights_only=True), so `archbench eval --pretrained last.pt` reads it
-    return {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+    return {"python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "gen": gen.get_state() if gen is not None else None}
@@ -155,6 +155,9 @@ def model_from_run(state: dict[str, Any], *, ema: bool = False):
 
     ident = state["identity"]
     recipe = ident.get("recipe") or {}
+    if ident.get("dataset") != "imagefolder":
+        raise UsageError(f"this run trained on {ident.get('dataset')!r}, normalised by that set's own statistics; "
+                         "`archbench eval` reads an image folder with ImageNet's, as runs on image folders train")
     if recipe.get("transform", "tensor") != "timm":
         raise UsageError("this run was trained with the tensor transform (the small recipe), whose evaluation "
                          "is `archbench run`'s own (a plain resize, the data's statistics); `archbench eval` "
