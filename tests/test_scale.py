@@ -374,3 +374,45 @@ def test_compiled_training_matches_eager(tmp_path):
     assert compiled["history"][0]["loss"] == pytest.approx(eager["history"][0]["loss"], rel=1e-4)
     keys = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)["model"].keys()
     assert not any(k.startswith("_orig_mod") for k in keys)
+
+
+@pytest.mark.parametrize("kind", ["small-memory", "deit-2-workers", "torchrun"])
+def test_sigterm_stops_at_a_step_saved_and_the_rerun_resumes_exactly(tmp_path, kind):
+    """A scheduler's SIGTERM (sent to the whole process group, loader workers and torchrun's
+    ranks included, as SLURM does) stops the run at the next step: one line, exit 143, a
+    checkpoint inside the epoch; the same command then ends with the uninterrupted run's
+    metrics exactly."""
+    import torch
+
+    extra = {"small-memory": [], "deit-2-workers": ["--recipe", "deit", "--batch-size", "32", "--workers", "2"],
+             "torchrun": []}[kind]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def command(ck):
+        cmd = _cmd(ck, *extra)
+        if kind == "torchrun":
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   "--no-python", *cmd]
+        return cmd
+
+    full = subprocess.run(command(tmp_path / "full"), capture_output=True, text=True, env=env, timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+    reference = json.loads(full.stdout.strip().splitlines()[-1])
+    ck = tmp_path / "stopped"
+    proc = subprocess.Popen(command(ck), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not (ck / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    ours = [line for line in err.splitlines() if line.startswith("archbench run:")]
+    if kind != "torchrun":  # torchrun's agent reports its own exit status for the job
+        assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert len(ours) == 1 and "stopped by " in ours[0] and "the same command resumes there" in ours[0], err[-3000:]
+    assert "within" in torch.load(ck / "last.pt", weights_only=True)
+    resumed = subprocess.run(command(ck), capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    row = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert "inside epoch" in resumed.stdout
+    assert _metrics(row) == _metrics(reference) and row["top1"] == reference["top1"]

@@ -1,6 +1,7 @@
 """``archbench run``: train one model on a dataset and record the row."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -39,6 +40,7 @@ def cmd_run(args) -> int:
     from archbench.train import dist
     from archbench.train.batches import per_rank
     from archbench.train.run import run_experiment
+    from archbench.train.stop import Stopped, stop_signals
 
     ctx = dist.from_env()  # torchrun's ranks, or a world of one
     out = table_stem(args.out, TABLE) if args.out else None
@@ -70,7 +72,9 @@ def cmd_run(args) -> int:
     n_train = data.subset(args.limit_train, args.limit_test).n_train
     steps = max(1, n_train // recipe.batch_size)
     quiet = args.json or not ctx.main
-    with training_progress(_console(), recipe.epochs, steps, quiet) as (bar, on_step, on_epoch):
+    # with a checkpoint folder, a scheduler's SIGTERM / SIGUSR1 stops the run at a step, saved there
+    signals = stop_signals() if args.checkpoint_dir else contextlib.nullcontext(None)
+    with signals as stop, training_progress(_console(), recipe.epochs, steps, quiet) as (bar, on_step, on_epoch):
         def say(line):
             if ctx.main:
                 bar.console.print(line, style="dim", highlight=False, soft_wrap=True)
@@ -81,7 +85,12 @@ def cmd_run(args) -> int:
                                  on_step=on_step, name=args.model, limit_train=args.limit_train,
                                  limit_test=args.limit_test, inputs=inputs, checkpoint_dir=args.checkpoint_dir,
                                  checkpoint_every=every, pretrained=args.pretrained, compile=args.compile,
-                                 ctx=ctx, say=say)
+                                 ctx=ctx, say=say, stop=stop)
+        except Stopped as e:
+            if ctx.main:  # neither bad input nor a bug: the scheduler asked, and the state is saved
+                print(f"archbench run: {e}; saved in {args.checkpoint_dir}: the same command resumes there",
+                      file=sys.stderr, flush=True)
+            return e.exit_code
         except RuntimeError as e:
             if not dist.lost_peer(ctx, e):
                 raise

@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from archbench.errors import UsageError
+from archbench.train.stop import ignore_in_worker
 
 CACHE_MODES = ("auto", "memory", "disk")
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -157,7 +158,8 @@ def decode_split(files: list[tuple[str, int]], size: int, mode: str, workers: in
     processes decode in parallel; ``progress(done, total)`` is called after each batch."""
     chans = 1 if mode == "L" else 3
     ds = FileImages(files, partial(square_uint8, size=size), mode, draft=size)
-    loader = DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate_skip_bad)
+    loader = DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate_skip_bad,
+                        worker_init_fn=ignore_in_worker)
     x = torch.empty((len(files), chans, size, size), dtype=torch.uint8)  # the only copy of the pixels
     y = torch.empty(len(files), dtype=torch.int64)
     n, bad = 0, []
@@ -298,5 +300,10 @@ def make_loader(ds: Dataset, *, batch_size: int, shuffle: bool, drop_last: bool,
     sampler = _EpochIndices(DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
                                                drop_last=drop_last), len(ds))
     return DataLoader(_SeededSamples(ds, seed), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                      worker_init_fn=ignore_in_worker,  # a stop signal is the main process's to handle
+                      # each iterator draws its workers' base seed from this, not from the global RNG
+                      # (which drop path and Mixup draw from): a run resumed inside an epoch, whose
+                      # iterator starts at another moment, draws as an uninterrupted one does
+                      generator=torch.Generator().manual_seed(seed),
                       num_workers=workers, collate_fn=collate_skip_bad, pin_memory=torch.cuda.is_available(),
                       persistent_workers=persistent and workers > 0, prefetch_factor=2 if workers > 0 else None)

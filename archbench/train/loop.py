@@ -21,6 +21,7 @@ from archbench.train.batches import augment  # noqa: F401 - re-exported (tests, 
 from archbench.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from archbench.train.dist import Dist
 from archbench.train.recipe import Recipe
+from archbench.train.stop import Stopped
 
 __all__ = ["Recipe", "Diverged", "History", "train", "evaluate", "augment", "seed_everything"]
 
@@ -168,7 +169,8 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
           device: str | torch.device = "cpu", ctx: Dist = Dist(), checkpoint: Checkpointer | None = None,
           callback: Callable[[int, dict[str, float]], None] | None = None,
           on_step: Callable[[int, int, float], None] | None = None,
-          say: Callable[[str], None] | None = None, compile: bool = False) -> History:
+          say: Callable[[str], None] | None = None, compile: bool = False,
+          stop: Callable[[], str | None] | None = None) -> History:
     """Train ``model`` on ``batches`` (:mod:`archbench.train.batches`); returns the history.
 
     ``callback(epoch, metrics)`` runs after each epoch's evaluation; ``on_step(epoch, step,
@@ -176,7 +178,10 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
     saved at each epoch end (rank 0), and every ``checkpoint.every`` optimiser steps inside an
     epoch too, and a saved state is resumed from: inside an epoch, at the step after it, with
     the same order, draws and sums as an uninterrupted run. ``say`` gets a line saying where a
-    run resumes. ``compile``: the training steps through ``torch.compile``."""
+    run resumes. ``compile``: the training steps through ``torch.compile``. ``stop`` (see
+    :mod:`archbench.train.stop`) names a stop signal once one came: the loop then checkpoints at
+    the next step it checks (each step on a CPU, every 25 on a GPU, the same step on every rank)
+    and raises :class:`~archbench.train.stop.Stopped`."""
     recipe.check()
     device = torch.device(device)
     gen = seed_everything(seed)
@@ -261,7 +266,8 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
                 loss = accumulate(net, xb, target, recipe.accum_steps, criterion, use_amp, device)
             pending_loss.append(loss.detach())
             save_now = checkpoint is not None and every > 0 and (step + 1) % every == 0 and i + 1 < steps
-            if (i + 1) % sync_every == 0 or i + 1 == steps or save_now:  # no unchecked loss in a checkpoint
+            checked = (i + 1) % sync_every == 0 or i + 1 == steps or save_now
+            if checked:  # no unchecked loss in a checkpoint
                 recent = torch.stack(pending_loss)
                 if not bool(torch.isfinite(recent).all()):
                     bad = int((~torch.isfinite(recent)).nonzero()[0, 0])
@@ -275,7 +281,13 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
             step += 1
             loss_sum += loss.detach() * len(yb)
             seen += len(yb)
-            if save_now:  # every rank's sums gathered (one collective: each fills its own slots); rank 0 writes
+            signalled = None
+            if stop is not None and checked:  # every rank learns of a signal any rank got, at the same step
+                signalled = stop()
+                if ctx.enabled and ctx.all_sum([float(signalled is not None)], device)[0] > 0:
+                    signalled = signalled or "a stop signal (on another rank)"
+            if save_now or (signalled and checkpoint is not None):
+                # every rank's sums gathered (one collective: each fills its own slots); rank 0 writes
                 mine = [(float(loss_sum), seen) if r == ctx.rank else (0.0, 0) for r in range(ctx.world_size)]
                 sums = ctx.all_sum([v for pair in mine for v in pair], device)
                 if ctx.main:
@@ -283,6 +295,8 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
                                      "within": {"step": i + 1, "gen_epoch": gen_epoch, "loss_sums": sums[0::2],
                                                 "seens": [int(n) for n in sums[1::2]],
                                                 "seconds": before + time.perf_counter() - t0}})
+            if signalled:
+                raise Stopped(signalled, epoch + 1, i + 1, steps)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = before + time.perf_counter() - t0

@@ -58,7 +58,7 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
                    limit_train: int | None = None, limit_test: int | None = None, inputs: Inputs = Inputs(),
                    checkpoint_dir: str | None = None, checkpoint_every: int = 0, ctx: Dist = Dist(),
                    say: Callable[[str], None] | None = None, pretrained: str | None = None,
-                   compile: bool = False) -> dict[str, Any]:
+                   compile: bool = False, stop: Callable[[], str | None] | None = None) -> dict[str, Any]:
     """Train ``spec`` on ``dataset`` and return the results row (``status`` ok or failed).
 
     The spec must already fit the data (see :func:`fit_spec_to_data`). With
@@ -67,7 +67,8 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
     finished run returns its row without training. ``pretrained``: start from these weights (a
     fine-tuning run; a zoo model ``name``'s checkpoint in its reference code's keys is converted,
     a classifier of another size is replaced, position embeddings are resized). ``compile``:
-    train through ``torch.compile`` (not part of the run's identity: a resumed run may differ). ``say``
+    train through ``torch.compile`` (not part of the run's identity: a resumed run may differ).
+    ``stop``: see :func:`archbench.train.loop.train` (a stop signal ends the run, checkpointed). ``say``
     receives one-line notes (the cache chosen, a resume, skipped images)."""
     from archbench.measure import count_macs, count_params
     from archbench.results import provenance
@@ -122,7 +123,7 @@ def run_experiment(spec: ArchSpec, *, dataset: str = "digits", data_dir: str | N
     hist = None
     try:
         hist = train(model, batches, recipe, num_classes=spec.num_classes, seed=seed, device=dev, ctx=ctx, say=say,
-                     compile=compile,
+                     compile=compile, stop=stop,
                      checkpoint=ckpt, callback=callback, on_step=on_step)
     except Diverged as e:
         status, error = "failed", str(e)
