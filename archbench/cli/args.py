@@ -192,7 +192,8 @@ def add_train_args(r: argparse.ArgumentParser) -> None:
     g.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the recipe's, else the model's)")
     g.add_argument("--ema", type=float, metavar="DECAY", help="keep an EMA of the weights with this decay, e.g. 0.99996")
     g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
-    g.add_argument("--checkpoint-dir", help="save the run's state here each epoch; the same command resumes it")
+    g.add_argument("--checkpoint-dir", help="save the run's state here each epoch; the same command resumes it "
+                                            "(run: a SIGTERM or SIGUSR1 then stops it at a step, saved there)")
     g.add_argument("--checkpoint-every", type=_count(1), metavar="STEPS",
                    help="with --checkpoint-dir: also save every STEPS optimiser steps inside an epoch (a kill "
                         "then loses at most that many; resuming continues inside the epoch, exactly)")

@@ -22,8 +22,8 @@ def add_parser(sub, default_device: str) -> None:
                    help="fine-tune: start from these weights (a zoo model's checkpoint in its reference keys, "
                         "e.g. timm's; or a run's --checkpoint-dir); a classifier of another size starts anew")
     r.add_argument("--compile", action="store_true",
-                   help="train through torch.compile (inductor): minutes of compiling first, faster steps after "
-                        "on a GPU; evaluation stays eager")
+                   help="train through torch.compile (inductor): it compiles first (about a minute for a tiny "
+                        "model on a 2-core CPU); evaluation stays eager. Its speed-up is not measured here")
     r.add_argument("--seed", type=_count(0), default=0)
     r.add_argument("--device", type=_device, default=default_device)
     r.add_argument("--out", default=f"results/{TABLE}",
