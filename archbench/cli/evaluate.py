@@ -36,8 +36,6 @@ def cmd_eval(args) -> int:
     root = Path(args.data_dir)
     if not root.is_dir():
         raise UsageError(f"data dir {args.data_dir!r} does not exist")
-    if Path(args.pretrained).is_dir() and not (Path(args.pretrained) / "last.pt").is_file():
-        raise UsageError(f"--pretrained {args.pretrained!r} is a folder without a run's last.pt")
     state = run_checkpoint(args.pretrained)
     given = [f"--{k.replace('_', '-')}" for k in ("model", "spec", *SHORTHAND_FLAGS) if getattr(args, k, None)]
     if state is not None:

@@ -28,7 +28,9 @@ Converter = Callable[[dict[str, Tensor]], Converted]
 def checkpoint_file(path: str | Path) -> Path:
     """The file a checkpoint argument names: the file, or a run's --checkpoint-dir's last.pt."""
     path = Path(path)
-    if path.is_dir() and (path / "last.pt").is_file():
+    if path.is_dir():
+        if not (path / "last.pt").is_file():
+            raise UsageError(f"checkpoint {str(path)!r} is a folder without a run's last.pt")
         return path / "last.pt"
     if not path.is_file():
         raise UsageError(f"checkpoint {str(path)!r} does not exist (archbench never downloads weights)")

@@ -132,11 +132,12 @@ def set_rng_state(state: dict[str, Any], gen: torch.Generator | None) -> None:
 
 def run_checkpoint(path: str | Path) -> dict[str, Any] | None:
     """A run's saved state (``last.pt``, or a --checkpoint-dir holding one), read with
-    ``weights_only=True``; None where ``path`` is another kind of file (a published checkpoint)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file() or path.suffix == ".safetensors":
+    ``weights_only=True``; None where ``path`` is another kind of file (a published checkpoint).
+    A path that names no file is one line (:func:`~archbench.models.weights.checkpoint_file`)."""
+    from archbench.models.weights import checkpoint_file
+
+    path = checkpoint_file(path)
+    if path.suffix == ".safetensors":
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -140,21 +140,23 @@ class Schedule:
 
 def accumulate(net: nn.Module, x: torch.Tensor, target: torch.Tensor, parts: int, criterion, use_amp: bool,
                device: torch.device) -> torch.Tensor:
-    """Forward and backward of ``x`` in ``parts`` micro-batches, each loss weighted by its share
-    of the batch, so the gradients add up to those of the whole batch's mean loss (DDP reduces
-    them once, on the last); returns that mean loss, detached."""
+    """Forward and backward of ``x`` in ``parts`` micro-batches (one: the batch as it is), each
+    loss weighted by its share of the batch, so the gradients add up to those of the whole
+    batch's mean loss (DDP reduces them once, on the last); returns that mean loss, detached."""
     import contextlib
 
     xs, ts = x.chunk(parts), target.chunk(parts)
-    total = torch.zeros((), device=device)
+    total = None
     for j, (xc, tc) in enumerate(zip(xs, ts)):
         last = j == len(xs) - 1
         sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = criterion(net(xc), tc) * (len(xc) / len(x))
+                loss = criterion(net(xc), tc)
+            if len(xs) > 1:
+                loss = loss * (len(xc) / len(x))
             loss.backward()
-        total += loss.detach()
+        total = loss.detach() if total is None else total + loss.detach()
     return total
 
 
@@ -259,12 +261,8 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
             if mixup is not None and len(yb):
                 xb, target = mixup(xb, yb)
             sched.set(step)
-            if recipe.accum_steps == 1:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = criterion(net(xb), target)
-            else:  # the batch's mean loss as micro-batches, each weighted by its share of the batch
-                loss = accumulate(net, xb, target, recipe.accum_steps, criterion, use_amp, device)
-            pending_loss.append(loss.detach())
+            loss = accumulate(net, xb, target, recipe.accum_steps, criterion, use_amp, device)  # backward done
+            pending_loss.append(loss)
             save_now = checkpoint is not None and every > 0 and (step + 1) % every == 0 and i + 1 < steps
             checked = (i + 1) % sync_every == 0 or i + 1 == steps or save_now
             if checked:  # no unchecked loss in a checkpoint
@@ -276,10 +274,9 @@ def train(model: nn.Module, batches, recipe: Recipe, *, num_classes: int, seed: 
                 pending_loss = []
                 if on_step:
                     on_step(epoch, i, float(recent[-1]))
-            update(model, opt, loss if recipe.accum_steps == 1 else None, clip_grad=recipe.clip_grad, ema=ema,
-                   step=step)
+            update(model, opt, None, clip_grad=recipe.clip_grad, ema=ema, step=step)
             step += 1
-            loss_sum += loss.detach() * len(yb)
+            loss_sum += loss * len(yb)
             seen += len(yb)
             signalled = None
             if stop is not None and checked:  # every rank learns of a signal any rank got, at the same step

@@ -2,7 +2,8 @@
 preempted or timed-out job) or SIGUSR1 (SLURM's ``--signal=USR1@N`` warning).
 
 While :func:`stop_signals` is active, those signals only set a flag; the training loop reads it
-after each optimiser step, saves a checkpoint at that step (all ranks agreeing on the step
+at the steps where it checks the loss (each step on a CPU, every 25 on a GPU), saves a
+checkpoint at that step (all ranks agreeing on the step
 under torchrun) and raises :class:`Stopped`, so the same command resumes exactly there instead
 of losing the epoch. DataLoader workers ignore the signals (:func:`ignore_in_worker`): the main
 process owns the shutdown, and a worker killed first would otherwise end the run mid-step.
